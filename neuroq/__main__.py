@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -222,8 +223,10 @@ def _build_train_config(ns: argparse.Namespace, base: Any, vocab_size: int) -> A
 
 def _prepare(ns: argparse.Namespace, base: Any) -> tuple[Any, Any, Any, Any, list[str], list[str]]:
     """Documents -> split -> tokenizer -> token shards -> blocks, all under the run's out_dir."""
+    from neuroq.checkpoint import recover_interrupted_save
     from neuroq.data import PackedBlocks, split_documents, write_token_shards
     from neuroq.tokenizer import NeuroQTokenizer, TokenizerConfig
+    from neuroq.train import LAST_CHECKPOINT
 
     # Build (and so validate) every config before any slow or visible work; the vocabulary comes later.
     config = _build_train_config(ns, base, base.model.vocab_size)
@@ -233,7 +236,10 @@ def _prepare(ns: argparse.Namespace, base: Any) -> tuple[Any, Any, Any, Any, lis
     train_docs, val_docs = split_documents(docs, val_fraction=ns.val_fraction)
     if not val_docs:
         raise ConfigError("val_fraction left no validation documents: raise --val-fraction")
-    resumed_tokenizer = Path(config.out_dir) / "last" / "tokenizer.model"
+    last = Path(config.out_dir) / LAST_CHECKPOINT
+    if config.resume and os.environ.get("RANK", "0") == "0":
+        recover_interrupted_save(last)  # before reading its tokenizer; train() would do it only later
+    resumed_tokenizer = last / "tokenizer.model"
     if ns.tokenizer:
         tokenizer = NeuroQTokenizer.load(ns.tokenizer)
     elif config.resume and resumed_tokenizer.is_file():

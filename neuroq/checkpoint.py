@@ -55,8 +55,10 @@ __all__ = [
     "is_lfs_pointer",
     "load_checkpoint",
     "read_checkpoint_config",
+    "recover_interrupted_save",
     "save_checkpoint",
     "unwrap_model",
+    "verify_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -138,7 +140,7 @@ def save_checkpoint(
     files[CONFIG_FILE] = (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_siblings(path)
+    recover_interrupted_save(path)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     try:
@@ -190,8 +192,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _remove_stale_siblings(path: Path) -> None:
-    """Delete temp/old directories a killed writer left beside ``path`` (one writer per path is assumed)."""
+def recover_interrupted_save(path: str | os.PathLike[str]) -> None:
+    """Undo what a writer killed mid-save left beside ``path`` (one writer per path is assumed).
+
+    A kill while files are written leaves a partial ``.NAME.tmp-*``: it is deleted, ``path`` was never touched.
+    Without an atomic exchange, a kill between the two renames leaves no ``path`` but the previous checkpoint,
+    complete, under ``.NAME.old-*``: it is renamed back, so the save counts as never having happened.
+    """
+    path = Path(path)
+    if not path.exists():
+        previous = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+        if previous:
+            logger.warning("restoring %s from %s, left by a save interrupted between its renames", path,
+                           previous[-1])
+            os.rename(previous[-1], path)
+            _fsync_dir(path.parent)
     for prefix in (f".{path.name}.tmp-", f".{path.name}.old-"):
         for stale in path.parent.glob(prefix + "*"):
             logger.info("removing %s left by an interrupted checkpoint write", stale)
@@ -292,6 +307,21 @@ def read_checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
+def verify_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check that every file ``config.json`` records is present with its recorded size and sha256; return the config.
+
+    Cheaper than :func:`load_checkpoint` (no model is built), for saying "the weights are intact" after a failure.
+    """
+    root = _checkpoint_dir(Path(path))
+    config = read_checkpoint_config(root)
+    files = config.get("files")
+    if not isinstance(files, dict) or WEIGHTS_FILE not in files:
+        raise CheckpointError(f"{root / CONFIG_FILE} records no file hashes, so the checkpoint cannot be verified")
+    for name in files:
+        _read_verified(root, name, config)
+    return config
+
+
 def _checkpoint_dir(path: Path) -> Path:
     if path.is_dir():
         return path
@@ -304,7 +334,7 @@ def _checkpoint_dir(path: Path) -> Path:
     leftover = sorted(path.parent.glob(f".{path.name}.old-*"))
     if leftover:
         raise CheckpointError(f"checkpoint {path} does not exist, but an interrupted save left the previous one at "
-                              f"{leftover[-1]}: rename that directory to {path.name}")
+                              f"{leftover[-1]}: rename that directory to {path.name} (resuming training does it itself)")
     raise CheckpointError(f"checkpoint {path} does not exist")
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from neuroq.checkpoint import load_checkpoint, save_checkpoint
+from neuroq.checkpoint import load_checkpoint, recover_interrupted_save, save_checkpoint
 from neuroq.errors import CheckpointError, ConfigError
 from neuroq.evaluate import evaluate_blocks
 from neuroq.model import NeuroQ, NeuroQConfig
@@ -56,7 +56,8 @@ class TrainConfig:
     tokens. ``block_size`` None means the model's ``max_seq_len``. ``min_lr`` None means ``lr / 10``.
     ``eval_interval`` / ``ckpt_interval`` 0 mean "at the end only"; ``eval_batches`` None means the whole
     validation set. ``device`` "auto" picks CUDA when present; ``dtype`` "auto" is bf16 autocast on CUDA and
-    fp32 elsewhere. ``resume`` continues from ``out_dir/last`` when it exists.
+    fp32 elsewhere. ``resume`` continues from ``out_dir/last`` when it exists, after undoing what a run killed
+    mid-save left there (see ``recover_interrupted_save``), so it is always the last complete checkpoint.
     """
 
     model: NeuroQConfig = field(default_factory=NeuroQConfig)
@@ -305,6 +306,12 @@ def _train(cfg: TrainConfig, train_blocks: Dataset, val_blocks: Dataset | None, 
     out_dir = Path(cfg.out_dir)
     last_path = out_dir / LAST_CHECKPOINT
 
+    if cfg.resume:
+        # A run killed mid-save left a partial temp dir or, between the renames, its previous checkpoint aside.
+        if ddp.is_main:
+            recover_interrupted_save(last_path)
+        if ddp.world_size > 1:
+            dist.barrier()
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and in every rerun
     state: dict[str, Any] | None = None
     if cfg.resume and (last_path / "config.json").exists():

@@ -80,6 +80,10 @@ class PipelineParams:
     eval_interval: int = 50
     seed: int = TrainConfig.seed
     device: str = TrainConfig.device
+    # GPUs for train_neuroq on a cluster: its pod's accelerator limit and, when > 1, the number of processes
+    # `torchrun --nproc-per-node` starts there (DDP, one per GPU; on a machine without CUDA they train on the
+    # CPU with gloo). Each optimizer step then sees batch_size x gpus blocks. 0 asks for no GPU.
+    gpus: int = 1
     # CPU threads torch may use in the train, evaluate and register steps; 0 keeps torch's default (one per core).
     # Tiny models train several times faster on one thread than on two contended ones.
     num_threads: int = 0
@@ -98,7 +102,7 @@ class PipelineParams:
             )
         if "huggingface" in self.sources and not self.hf_path:
             raise ConfigError("data_sources includes huggingface but hf_path is empty: name a dataset or a local path")
-        for name in ("hf_max_records", "cc_max_records", "cc_max_files", "epochs", "num_threads"):
+        for name in ("hf_max_records", "cc_max_records", "cc_max_files", "epochs", "num_threads", "gpus"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.prompts:
@@ -124,6 +128,11 @@ class PipelineParams:
     @property
     def prompts(self) -> list[str]:
         return [p.strip() for p in self.sample_prompts.split("|") if p.strip()]
+
+    @property
+    def processes(self) -> int:
+        """Training processes of train_neuroq: one per GPU, and one when it asks for none."""
+        return max(1, self.gpus)
 
     # --- step configs -----------------------------------------------------------------------------------
     def hf_source_config(self, bundled_path: str | None = None) -> HFSourceConfig:
@@ -181,7 +190,7 @@ class PipelineParams:
         """`n_train_blocks` turns `epochs` into optimizer steps once the training data is known."""
         max_steps = self.max_steps
         if self.epochs and n_train_blocks is not None:
-            max_steps = self.epochs * max(1, math.ceil(n_train_blocks / self.batch_size))
+            max_steps = self.epochs * max(1, math.ceil(n_train_blocks / (self.batch_size * self.processes)))
         return TrainConfig(
             model=self.model_config(vocab_size),
             out_dir=out_dir,

@@ -10,7 +10,7 @@ opens the parent MLflow run, later steps log into child runs of it. Run it local
 with `python -m pipelines.run {local,compile,submit}`.
 """
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from components import DEFAULT_IMAGE
 from components.data import ingest_common_crawl, ingest_hf, merge_dedup_split
@@ -26,6 +26,7 @@ __all__ = [
     "RUN_PARAMETERS",
     "TRAIN_RESOURCES",
     "TRAIN_RETRIES",
+    "TRAIN_SHM_VOLUME",
     "neuroq_pipeline",
 ]
 
@@ -40,15 +41,18 @@ CC_KNOBS = ("data_sources", "cc_crawl_id", "cc_endpoint_url", "cc_bucket", "cc_a
 # Pipeline parameters that say where and how to run rather than what to train.
 RUN_PARAMETERS = ("tracking_uri", "run_name", "parent_run_id", "image")
 
-# On a cluster the train step asks for one NVIDIA GPU; kfp.local ignores these and uses what the machine has
-# (the trainer picks CUDA when present). Limits leave room for token shards and the DataLoader.
+# On a cluster the train step asks for `gpus` NVIDIA GPUs (a pipeline parameter) and runs one torchrun process per
+# GPU when there are several; kfp.local ignores these and uses what the machine has (the trainer picks CUDA when
+# present). Limits leave room for token shards and the DataLoader.
 TRAIN_RESOURCES = {
     "accelerator_type": "nvidia.com/gpu",
-    "accelerator_limit": 1,
     "cpu_limit": "8",
     "memory_limit": "32G",
 }
 TRAIN_RETRIES = 2
+# NCCL's intra-node transport lives in /dev/shm, which a container gets only 64 MB of by default: too small for
+# several GPUs in one pod. A memory-backed emptyDir replaces it (it counts against the memory limit).
+TRAIN_SHM_VOLUME = "dshm"
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Ingest Japanese text, train a tokenizer and NeuroQ, evaluate, register.")
@@ -86,6 +90,7 @@ def neuroq_pipeline(
     eval_interval: int = _D.eval_interval,
     seed: int = _D.seed,
     device: str = _D.device,
+    gpus: int = _D.gpus,
     num_threads: int = _D.num_threads,
     sample_prompts: str = _D.sample_prompts,
     sample_max_new_tokens: int = _D.sample_max_new_tokens,
@@ -120,12 +125,15 @@ def neuroq_pipeline(
     )
     (
         trained.set_accelerator_type(TRAIN_RESOURCES["accelerator_type"])
-        .set_accelerator_limit(TRAIN_RESOURCES["accelerator_limit"])
+        .set_accelerator_limit(gpus)
         .set_cpu_limit(TRAIN_RESOURCES["cpu_limit"])
         .set_memory_limit(TRAIN_RESOURCES["memory_limit"])
         # A preempted GPU node is the usual failure; each attempt opens a fresh child run under the same parent.
         .set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s")
     )
+    kubernetes.empty_dir_mount(trained, volume_name=TRAIN_SHM_VOLUME, mount_path="/dev/shm", medium="Memory")
+    # GPU node pools are commonly tainted so that only pods asking for GPUs land there.
+    kubernetes.add_toleration(trained, key=TRAIN_RESOURCES["accelerator_type"], operator="Exists", effect="NoSchedule")
     scored = evaluate(params=params, run=run, model=trained.outputs["model"], val_data=split.outputs["val_data"])
     registered = register(
         params=params,

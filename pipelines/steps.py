@@ -65,12 +65,29 @@ def start(params: PipelineParams, *, tracking_uri: str = "", run_name: str = "",
     return RunRef(uri, tracking.start_pipeline_run(uri, params.experiment_name, run_name, params.to_dict(), tags))
 
 
-def _step(run: RunRef, params: PipelineParams, name: str):
+def _step(run: RunRef, params: PipelineParams, name: str, *, weights: str = ""):
+    """The step's MLflow run; `weights` is a checkpoint the step reads or writes, named if MLflow goes down."""
     if params.num_threads:
         import torch
 
         torch.set_num_threads(params.num_threads)
-    return tracking.step_run(run.tracking_uri, run.parent_run_id, name, params.experiment_name)
+    kept = (lambda: _weights_kept(weights)) if weights else None
+    return tracking.step_run(run.tracking_uri, run.parent_run_id, name, params.experiment_name, kept=kept)
+
+
+def _weights_kept(checkpoint_dir: str) -> str:
+    """What to tell whoever reads a "MLflow is down" error about the trained weights (checked now, not assumed)."""
+    from neuroq.checkpoint import verify_checkpoint
+    from neuroq.errors import CheckpointError
+
+    if not Path(checkpoint_dir).exists():
+        return f"No trained weights had been written to {checkpoint_dir} yet."
+    try:
+        verify_checkpoint(checkpoint_dir)
+    except CheckpointError as error:
+        return f"The checkpoint at {checkpoint_dir} does not verify either: {error}"
+    return (f"The trained weights are intact in {checkpoint_dir} (every file matches the sha256 in its config.json), "
+            "the train_neuroq step's output artifact: rerun this step once MLflow answers again, without retraining.")
 
 
 def _log_config(prefix: str, config: Mapping[str, Any]) -> None:
@@ -304,7 +321,7 @@ def train_neuroq(
 
     out = Path(out_dir)
     scratch = out.with_name(out.name + ".work")
-    with _step(run, params, "train_neuroq"):
+    with _step(run, params, "train_neuroq", weights=out_dir):
         tokenizer = NeuroQTokenizer.load(tokenizer_path)
         write_token_shards(read_texts(train_dir), tokenizer, scratch / "tokens" / "train")
         write_token_shards(read_texts(val_dir), tokenizer, scratch / "tokens" / "validation")
@@ -315,17 +332,31 @@ def train_neuroq(
         )
         _log_config("train", config.to_dict())
         _log_split_inputs(train_dir, val_dir)
-        mlflow.log_params({"train_blocks": len(train_blocks), "val_blocks": len(val_blocks)})
+        mlflow.log_params({"train_blocks": len(train_blocks), "val_blocks": len(val_blocks),
+                           "train_processes": params.processes})
 
-        def log_metrics(metrics: dict[str, float], step: int) -> None:
-            mlflow.log_metrics(metrics, step=step)
+        if params.processes > 1:
+            from pipelines import distributed
 
-        result = train(config, train_blocks, val_blocks, tokenizer, callbacks=[log_metrics])
-        tracking.log_loss_curve(result.history)
+            spec = distributed.TorchrunSpec(
+                config=config.to_dict(), train_tokens=str(scratch / "tokens" / "train"),
+                val_tokens=str(scratch / "tokens" / "validation"), tokenizer=tokenizer_path,
+                tracking_uri=run.tracking_uri, run_id=mlflow.active_run().info.run_id,
+                result=str(scratch / "result.json"), num_threads=params.num_threads,
+            )
+            result = distributed.launch(params.processes, spec, scratch / "torchrun.json")
+        else:
+            def log_metrics(metrics: dict[str, float], step: int) -> None:
+                mlflow.log_metrics(metrics, step=step)
+
+            result = train(config, train_blocks, val_blocks, tokenizer, callbacks=[log_metrics])
+        # The weights reach the step's output before anything else is logged: MLflow down from here on fails the
+        # step without losing them (the error says where they are).
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(result.checkpoint_path, out)
         shutil.rmtree(scratch, ignore_errors=True)
+        tracking.log_loss_curve(result.history)
         summary = {
             "steps": result.steps,
             "tokens_seen": result.tokens_seen,
@@ -357,7 +388,7 @@ def evaluate(params: PipelineParams, run: RunRef, checkpoint_dir: str, val_dir: 
     from neuroq.generate import generate
     from neuroq.tokenizer import NeuroQTokenizer
 
-    with _step(run, params, "evaluate"):
+    with _step(run, params, "evaluate", weights=checkpoint_dir):
         loaded = load_checkpoint(checkpoint_dir)
         texts = list(read_texts(val_dir))
         digest = text_digest(texts)
@@ -409,7 +440,7 @@ def register(
     from serving.promotion import Evaluation, promote
 
     name = params.registered_model_name
-    with _step(run, params, "register") as active:
+    with _step(run, params, "register", weights=checkpoint_dir) as active:
         info = log_neuroq_model(
             checkpoint_dir,
             registered_model_name=name,
@@ -448,8 +479,7 @@ def register(
                 client.set_tag(run.parent_run_id, key, value)
             for key in ("val_bits_per_char", "val_loss", "val_perplexity"):
                 client.log_metric(run.parent_run_id, key, float(evaluation[key]))
-    if run.parent_run_id:
-        tracking.finish_pipeline_run(run.tracking_uri, run.parent_run_id)
+            tracking.finish_pipeline_run(run.tracking_uri, run.parent_run_id)
     return decision
 
 

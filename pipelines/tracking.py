@@ -8,26 +8,41 @@ a failing step marks its own run and the parent FAILED (a successful retry sets 
 The tracking URI comes from `MLFLOW_TRACKING_URI`; without it, a sqlite store `mlflow.db` in the working
 directory with artifacts beside it. Against `mlflow server` with proxied S3 artifacts nothing changes: clients
 only ever talk HTTP to the server.
+
+MLflow down: every request is retried under `RetryPolicy` (MLflow's own HTTP retry variables, with bounds that
+fail a dead server in seconds instead of MLflow's minutes per request), then the step fails with a
+`TrackingUnavailableError` naming the server, the artifact store and what the step keeps on disk. See
+docs/faults.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import subprocess
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import requests
 from mlflow.entities import Param, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from neuroq.errors import ConfigError, NeuroQError
+
 __all__ = [
+    "RETRY_ENV",
     "STEP_TAG",
+    "RetryPolicy",
+    "TrackingUnavailableError",
     "adopt_pipeline_run",
     "code_version",
     "finish_pipeline_run",
@@ -38,10 +53,79 @@ __all__ = [
     "step_run",
 ]
 
+log = logging.getLogger(__name__)
+
 PIPELINE_TAG = "neuroq.pipeline"
 STEP_TAG = "neuroq.step"
 # MLflow refuses a batch with more than 100 params.
 _PARAM_BATCH = 100
+
+
+class TrackingUnavailableError(NeuroQError):
+    """The tracking server, or the artifact store behind it, did not answer within the retry policy."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a step keeps retrying MLflow: MLflow's own HTTP retry variables, filled in where unset.
+
+    MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) retry a dead server for about 4 minutes per
+    request, and a failing step makes several requests on its way out, so a step used to hang 10+ minutes.
+    With these defaults a refused connection fails a request after ~15 s (sleeps of 2, 4 and 8 s, each plus up to
+    `backoff_jitter` s); a server that accepts but never answers, after (max_retries + 1) x timeout_s. Requests
+    answered 408/429/5xx are retried the same way, so an artifact store down behind `mlflow server` (which
+    answers 500) fails like a dead server. A variable set in the environment wins over the default here.
+    """
+
+    max_retries: int = 4
+    backoff_factor: int = 1  # seconds; the n-th retry sleeps backoff_factor * 2**(n-1) (the first sleeps 0)
+    backoff_jitter: float = 1.0  # seconds of random extra sleep per retry, so many pods do not retry in step
+    timeout_s: int = 60  # per attempt; large files go through the server's artifact proxy within one request
+
+    def __post_init__(self) -> None:
+        # MLflow's own bounds (it refuses more than 10 retries or a backoff factor above 120).
+        bounds = {"max_retries": (0, 10), "backoff_factor": (0, 120), "backoff_jitter": (0, 60), "timeout_s": (1, 3600)}
+        for name, (low, high) in bounds.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f"{RETRY_ENV[name]} must be a number in [{low}, {high}], got {value!r}")
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = os.environ.get(RETRY_ENV[field.name], "").strip()
+            if raw:
+                kind = type(field.default)
+                try:
+                    values[field.name] = kind(raw)
+                except ValueError:
+                    raise ConfigError(f"{RETRY_ENV[field.name]} must be a number, got {raw!r}") from None
+        return cls(**values)
+
+    def apply(self) -> RetryPolicy:
+        """Export the policy as MLflow's variables: every MLflow request in this process then follows it."""
+        for field in dataclasses.fields(self):
+            os.environ[RETRY_ENV[field.name]] = str(getattr(self, field.name))
+        return self
+
+    def describe(self) -> str:
+        return (f"{self.max_retries + 1} attempts per request, backoff factor {self.backoff_factor} s, "
+                f"timeout {self.timeout_s} s ({', '.join(RETRY_ENV.values())})")
+
+
+# RetryPolicy field -> the MLflow variable that carries it.
+RETRY_ENV = {
+    "max_retries": "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "backoff_factor": "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "backoff_jitter": "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
+    "timeout_s": "MLFLOW_HTTP_REQUEST_TIMEOUT",
+}
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    RetryPolicy.from_env().apply()
+    return MlflowClient(tracking_uri)
 
 
 def resolve_tracking_uri(uri: str = "") -> str:
@@ -100,7 +184,7 @@ def start_pipeline_run(
     tracking_uri: str, experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]
 ) -> str:
     """Create the parent run (left RUNNING), log the pipeline parameters on it, and return its id."""
-    client = MlflowClient(tracking_uri)
+    client = _client(tracking_uri)
     run = client.create_run(
         _experiment_id(client, tracking_uri, experiment),
         run_name=run_name or None,
@@ -113,12 +197,12 @@ def start_pipeline_run(
 
 
 def finish_pipeline_run(tracking_uri: str, parent_run_id: str) -> None:
-    MlflowClient(tracking_uri).set_terminated(parent_run_id, RunStatus.to_string(RunStatus.FINISHED))
+    _client(tracking_uri).set_terminated(parent_run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
 def adopt_pipeline_run(tracking_uri: str, run_id: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
     """Use an existing run as the parent run, logging only the params it lacks (params are write-once)."""
-    client = MlflowClient(tracking_uri)
+    client = _client(tracking_uri)
     logged = client.get_run(run_id).data.params
     items = [Param(key, str(value)) for key, value in params.items() if key not in logged]
     for start in range(0, len(items), _PARAM_BATCH):
@@ -128,37 +212,113 @@ def adopt_pipeline_run(tracking_uri: str, run_id: str, params: Mapping[str, Any]
 
 
 @contextlib.contextmanager
-def step_run(tracking_uri: str, parent_run_id: str, step: str, experiment: str) -> Iterator[mlflow.ActiveRun]:
+def step_run(
+    tracking_uri: str, parent_run_id: str, step: str, experiment: str, *, kept: Callable[[], str] | None = None
+) -> Iterator[mlflow.ActiveRun]:
     """The active run of one step: a child of `parent_run_id`, or a standalone run when that is empty.
 
-    A standalone step started by `mlflow run` logs into the run MLflow made for it (MLFLOW_RUN_ID).
+    A standalone step started by `mlflow run` logs into the run MLflow made for it (MLFLOW_RUN_ID). A failing
+    step marks its run and the parent FAILED. When MLflow itself failed (no answer within the `RetryPolicy`), the
+    error is re-raised as a `TrackingUnavailableError` that names the server or artifact store and ends with
+    `kept()`: what the step's files still hold, e.g. the trained weights, so nobody retrains to get them back.
     """
+    policy = RetryPolicy.from_env().apply()
     mlflow.set_tracking_uri(tracking_uri)
+    run: mlflow.ActiveRun | None = None
+    try:
+        run = _start_step_run(tracking_uri, parent_run_id, step, experiment)
+        yield run
+        mlflow.end_run()
+    except BaseException as error:
+        cause = _unreachable_cause(error)
+        _mark_failed(tracking_uri, run, parent_run_id, policy, quick=cause is not None)
+        if cause is None:
+            raise
+        artifact_uri = run.info.artifact_uri if run is not None else ""
+        message = _unreachable_message(step, tracking_uri, artifact_uri, policy, cause)
+        if not isinstance(error, MlflowException):
+            message += f" {error}"  # the step's own account, e.g. which registry alias moved before the outage
+        raise TrackingUnavailableError(f"{message} {kept()}" if kept else message) from error
+
+
+def _start_step_run(tracking_uri: str, parent_run_id: str, step: str, experiment: str) -> mlflow.ActiveRun:
     client = MlflowClient(tracking_uri)
     tags = {STEP_TAG: step, "code_version": code_version()}
     system_metrics = _system_metrics_available()
     if not parent_run_id:
         experiment_id = None if os.environ.get("MLFLOW_RUN_ID") else _experiment_id(client, tracking_uri, experiment)
-        with mlflow.start_run(
-            experiment_id=experiment_id, run_name=step, tags=tags, log_system_metrics=system_metrics
-        ) as run:
-            yield run
-        return
+        return mlflow.start_run(experiment_id=experiment_id, run_name=step, tags=tags,
+                                log_system_metrics=system_metrics)
     parent = client.get_run(parent_run_id)
     if parent.info.status != "RUNNING":
         client.update_run(parent_run_id, status="RUNNING")
+    return mlflow.start_run(
+        experiment_id=parent.info.experiment_id,
+        run_name=step,
+        parent_run_id=parent_run_id,
+        tags=tags,
+        log_system_metrics=system_metrics,
+    )
+
+
+def _mark_failed(tracking_uri: str, run: mlflow.ActiveRun | None, parent_run_id: str, policy: RetryPolicy, *,
+                 quick: bool) -> None:
+    """Mark the step's run and the parent FAILED, best effort: the step's own error is what must surface.
+
+    With `quick` (MLflow already did not answer) each call gets one short attempt: a whole retry policy per call
+    would only delay that error.
+    """
+    failed = RunStatus.to_string(RunStatus.FAILED)
+    marks: list[tuple[str, Callable[[], None]]] = []
+    if run is not None:
+        marks.append((run.info.run_id, lambda: mlflow.end_run(failed)))
+    if parent_run_id:
+        marks.append((parent_run_id, lambda: MlflowClient(tracking_uri).set_terminated(parent_run_id, failed)))
+    if quick:
+        RetryPolicy(max_retries=0, backoff_factor=0, backoff_jitter=0, timeout_s=min(policy.timeout_s, 10)).apply()
     try:
-        with mlflow.start_run(
-            experiment_id=parent.info.experiment_id,
-            run_name=step,
-            parent_run_id=parent_run_id,
-            tags=tags,
-            log_system_metrics=system_metrics,
-        ) as run:
-            yield run
-    except BaseException:
-        client.set_terminated(parent_run_id, RunStatus.to_string(RunStatus.FAILED))
-        raise
+        for run_id, mark in marks:
+            try:
+                mark()
+            except Exception as error:  # noqa: BLE001 - whatever it is, the step's own error matters more
+                log.warning("could not mark run %s FAILED in MLflow at %s: %s", run_id, tracking_uri, error)
+    finally:
+        policy.apply()
+
+
+def _unreachable_cause(error: BaseException) -> BaseException | None:
+    """The network failure under an MLflow error, if that is what it is (MLflow wraps it in MlflowException)."""
+    network: tuple[type[BaseException], ...] = (requests.ConnectionError, requests.Timeout,
+                                                 requests.exceptions.RetryError)
+    with contextlib.suppress(ImportError):
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+
+        network += (BotoConnectionError,)
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, network):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _unreachable_message(step: str, tracking_uri: str, artifact_uri: str, policy: RetryPolicy,
+                         cause: BaseException) -> str:
+    url = str(getattr(getattr(cause, "request", None), "url", "") or "")
+    if "/mlflow-artifacts/" in url:
+        # The server answered, with errors, for its artifact proxy: the store behind it is what is down.
+        where = (f"the artifact store behind the tracking server {tracking_uri} (its --artifacts-destination; this "
+                 f"run's artifacts are {artifact_uri or 'unknown'})")
+    elif not isinstance(cause, requests.RequestException):
+        where = f"the artifact store {artifact_uri or '(unknown)'}"
+    else:
+        where = f"the MLflow tracking server {tracking_uri}"
+    detail = f"{type(cause).__name__}: {cause}"
+    if len(detail) > 400:
+        detail = detail[:400] + "..."
+    return f"step {step}: {where} did not answer ({detail}) within {policy.describe()}."
 
 
 def _system_metrics_available() -> bool:
@@ -175,7 +335,6 @@ def log_manifest_dataset(manifest: Mapping[str, Any], uri: str, *, name: str, co
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.http_dataset_source import HTTPDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.exceptions import MlflowException
     from mlflow.types import ColSpec, DataType, Schema
 
     try:

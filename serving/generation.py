@@ -53,6 +53,7 @@ A request's prompts (times n) are generated in one batched call (left-padded, KV
 batcher of protocol.py also merges concurrent requests whose sampling settings are equal into that call (how
 many is bounded by the scoring server, which runs at most min(32, CPUs + 4) requests at once per worker); a
 request with a seed always runs on its own, since sampled tokens depend on the batch they are drawn in.
+``health``, ``status`` and ``clear_session`` generate nothing and never wait behind requests that do.
 
 Environment variables, read when the model loads (plus protocol.py's NEUROQ_SERVING_MAX_CHARS per prompt or
 chat, MAX_ITEMS chat messages, BATCH_SIZE sequences per merged call, BATCH_WAIT_MS, and DEVICE):
@@ -70,19 +71,17 @@ chat, MAX_ITEMS chat messages, BATCH_SIZE sequences per merged call, BATCH_WAIT_
                                                  the name recorded at logging time, version and alias null.
 
 Logging (``log_neuroq_model``). The checkpoint's three files are the artifacts ``weights``, ``config`` and
-``tokenizer``; their sha256 and sizes go into the MLmodel metadata (``metadata.neuroq.artifacts``), and
+``tokenizer``; their sha256 and sizes go into the MLmodel metadata (``metadata.integrity``, see integrity.py), and
 ``load_context`` refuses to serve when a file is a Git LFS pointer, not of the logged size, or has another digest.
 The model is logged as code (MLflow's models-from-code: a three-line script that imports this class), not as a
-cloudpickle, and the ``neuroq`` and ``serving`` packages go in as ``code_paths``: the registered model carries
-the code it was logged with, so ``mlflow models serve --env-manager local`` needs only the pinned requirements
-(mlflow, torch, sentencepiece, safetensors, numpy, pandas) installed, not this project, and a later change to the
-repository cannot change what an old version computes. torch is pinned without its local label (+cpu), so a
-GPU host installs its own build.
+cloudpickle, and the ``neuroq`` and ``serving`` packages go in as ``code_paths`` (``integrity.stage_code``): the
+registered model carries the code it was logged with, so ``mlflow models serve --env-manager local`` needs only
+the pinned requirements (mlflow, torch, sentencepiece, safetensors, numpy, pandas) installed, not this project.
+torch is pinned without its local label (+cpu), so a GPU host installs its own build.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -97,22 +96,21 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 
-from neuroq.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, is_lfs_pointer, load_checkpoint
+from neuroq.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_checkpoint
 from neuroq.errors import CheckpointError, ConfigError
 from neuroq.generate import GenerationConfig, Sample, generate_ids
 from neuroq.tokenizer import NeuroQTokenizer
 from serving.encoder import pick_device
+from serving.integrity import integrity_metadata, logged_model_dir, stage_code
 from serving.protocol import (
-    SERVING_ENV_FLAG,
     BatchConfig,
     Limits,
     RequestError,
     ServingModel,
-    env_number,
     check_count,
+    env_number,
     expect_object,
     optional_bool,
     optional_choice,
@@ -124,7 +122,7 @@ from serving.protocol import (
 )
 from serving.sessions import SESSION_ID_PATTERN, SessionStore
 
-__all__ = ["ARTIFACT_FILES", "GenerationSettings", "NeuroQGenerationModel", "log_neuroq_model", "verify_artifacts"]
+__all__ = ["ARTIFACT_FILES", "GenerationSettings", "NeuroQGenerationModel", "log_neuroq_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +139,7 @@ from serving.generation import NeuroQGenerationModel
 mlflow.models.set_model(NeuroQGenerationModel())
 '''
 
-_REQUIREMENTS = ("mlflow", "torch", "sentencepiece", "safetensors", "numpy", "pandas")
+_REQUIREMENTS = ("mlflow", "torch", "sentencepiece", "safetensors", "numpy", "pandas", "tqdm")
 
 _MAX_STOP = 4  # OpenAI's limit
 _MAX_STOP_CHARS = 100
@@ -369,7 +367,7 @@ class _RequestParser:
         for i, message in enumerate(messages):
             where = f"messages[{i}]"
             message = expect_object(message, where)
-            reject_unknown(message, _MESSAGE_FIELDS, where)
+            reject_unknown(message, _MESSAGE_FIELDS, where, path=where)
             if message.get("role") not in ("system", "user", "assistant"):
                 raise RequestError(f"{where}.role", "must be 'system', 'user' or 'assistant'")
             total += len(text(message.get("content"), f"{where}.content", self.limits))
@@ -514,13 +512,10 @@ class NeuroQGenerationModel(ServingModel):
     """The NeuroQ pyfunc: artifacts ``weights``, ``config``, ``tokenizer`` (a checkpoint) and their digests."""
 
     def load(self, context) -> None:
-        model_dir = _model_dir(context)
-        logged = (mlflow.models.Model.load(str(model_dir)).metadata or {}).get("neuroq")
-        if not isinstance(logged, dict) or not isinstance(logged.get("artifacts"), dict):
-            raise CheckpointError(f"{model_dir} has no metadata.neuroq.artifacts: it was not logged by "
-                                  "serving.generation.log_neuroq_model, so its files cannot be verified")
+        # ServingModel.load_context has verified every artifact against its recorded digest by now.
+        model_dir = logged_model_dir(context)
+        logged = (mlflow.models.Model.load(str(model_dir)).metadata or {}).get("neuroq") or {}
         paths = {key: Path(context.artifacts[key]) for key in ARTIFACT_FILES if key in context.artifacts}
-        verify_artifacts(paths, logged["artifacts"])
         checkpoint_dirs = {path.parent for path in paths.values()}
         if len(checkpoint_dirs) != 1:
             raise CheckpointError(f"the checkpoint files of {model_dir} are not in one folder: "
@@ -541,16 +536,6 @@ class NeuroQGenerationModel(ServingModel):
                                      self.model_config.mode, self.served.name)
         logger.info("NeuroQ %s model (%s parameters) on %s serving as %s", self.model_config.mode,
                     f"{self.model.num_params(non_embedding=False):,}", self.device, self.served)
-
-    def predict(self, context, model_input, params=None):
-        try:
-            return super().predict(context, model_input, params)
-        except RequestError:
-            # protocol.shorten_in_place leaves numpy arrays alone, and `{"inputs": [prompt, ...]}` arrives as one:
-            # without this the server's error would echo every prompt in full.
-            if isinstance(model_input, np.ndarray) and os.environ.get(SERVING_ENV_FLAG, "").lower() == "true":
-                _shorten_strings(model_input)
-            raise
 
     def parse(self, body):
         return self.parser.parse(body)
@@ -680,62 +665,6 @@ class NeuroQGenerationModel(ServingModel):
         }
 
 
-def _shorten_strings(values: np.ndarray, max_chars: int = 100) -> None:
-    for index in np.ndindex(values.shape):
-        value = values[index]
-        if isinstance(value, str) and len(value) > max_chars:
-            values[index] = f"{value[:max_chars]}... ({len(value)} characters)"
-
-
-def _model_dir(context) -> Path:
-    """The logged model's folder (holding MLmodel), found from an artifact path: artifacts/<file>."""
-    for path in map(Path, context.artifacts.values()):
-        for parent in path.parents[:3]:
-            if (parent / "MLmodel").is_file():
-                return parent
-    raise CheckpointError(f"cannot find the MLmodel file above the artifacts {sorted(context.artifacts.values())}")
-
-
-# ------------------------------------------------------------------------------------------------ integrity
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify_artifacts(paths: Mapping[str, Path], recorded: Mapping[str, Mapping[str, Any]]) -> None:
-    """Check every recorded artifact: present, not a Git LFS pointer, as long as logged, same sha256.
-
-    Raises CheckpointError naming the file and what to do. The size check comes before the digest so that the
-    common failure, an interrupted download or copy, is called by its name.
-    """
-    for key, expected in recorded.items():
-        path = paths.get(key)
-        if path is None or not path.is_file():
-            raise CheckpointError(f"model artifact {key!r} ({expected.get('file')}) is missing from the logged model")
-        size = path.stat().st_size
-        if is_lfs_pointer(path):
-            raise CheckpointError(
-                f"model artifact {path} is a Git LFS pointer ({size} bytes), not the {expected['size']:,}-byte "
-                "file that was logged: run `git lfs pull` where the model folder came from, or serve the model "
-                "from the registry (models:/NAME@champion)"
-            )
-        if size != expected["size"]:
-            raise CheckpointError(
-                f"model artifact {path} is truncated or corrupt: {size:,} bytes, but {expected['size']:,} were "
-                "logged (an interrupted download or copy?); download the model again"
-            )
-        if _sha256(path) != expected["sha256"]:
-            raise CheckpointError(
-                f"model artifact {path} is corrupt: its sha256 differs from the one recorded when the model was "
-                "logged; download the model again, and check the artifact store if it persists"
-            )
-
-
 # ------------------------------------------------------------------------------------------------ logging
 
 
@@ -767,10 +696,6 @@ def log_neuroq_model(
         loaded = load_checkpoint(staged)
         artifacts = {key: str(staged / filename) for key, filename in ARTIFACT_FILES.items()}
         neuroq_metadata = {
-            "artifacts": {
-                key: {"file": name, "sha256": _sha256(staged / name), "size": (staged / name).stat().st_size}
-                for key, name in ARTIFACT_FILES.items()
-            },
             "mode": loaded.config.mode,
             "vocab_size": loaded.tokenizer.vocab_size,
             "max_seq_len": loaded.config.max_seq_len,
@@ -783,9 +708,9 @@ def log_neuroq_model(
             name=name,
             python_model=str(model_code),
             artifacts=artifacts,
-            code_paths=_stage_code(Path(tmp) / "code"),
+            code_paths=stage_code(Path(tmp) / "code"),
             pip_requirements=list(pip_requirements) if pip_requirements is not None else default_requirements(),
-            metadata={**(metadata or {}), "neuroq": neuroq_metadata},
+            metadata={**(metadata or {}), "neuroq": neuroq_metadata, **integrity_metadata(artifacts)},
             registered_model_name=registered_model_name,
         )
     logger.info("logged NeuroQ model %s%s", info.model_uri,
@@ -796,17 +721,3 @@ def log_neuroq_model(
 def default_requirements() -> list[str]:
     # A local version label (torch 2.13.0+cpu) is not on PyPI: pin the release and let each host pick its build.
     return [f"{package}=={installed_version(package).split('+')[0]}" for package in _REQUIREMENTS]
-
-
-def _stage_code(root: Path) -> list[str]:
-    """Copies of the neuroq and serving packages without caches, to be logged as the model's code_paths."""
-    import neuroq
-    import serving
-
-    staged = []
-    for package in (neuroq, serving):
-        source = Path(package.__file__).parent
-        target = root / source.name
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        staged.append(str(target))
-    return staged

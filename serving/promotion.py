@@ -8,7 +8,8 @@ content digest). When the champion has no score for the challenger's validation 
 text once and the score is cached as a new tag on the champion, so later comparisons on the same data are free.
 
 Aliases move last, and only after the version is READY and its model loaded and generated once: a step that
-fails anywhere before that (evaluation, logging, loading, re-scoring) leaves both aliases where they were.
+fails anywhere before that (evaluation, logging, loading, re-scoring) leaves both aliases where they were. They
+move together: if `@champion` cannot follow `@challenger`, `@challenger` is put back (docs/faults.md).
 """
 
 from __future__ import annotations
@@ -133,13 +134,38 @@ def promote(
     champion = _current_champion(client, name)
     decision = _decide(client, name, version, evaluation, champion, rescore, min_improvement)
 
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    if decision.promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
     client.set_model_version_tag(name, version, "promotion", "champion" if decision.promoted else "rejected")
     client.set_model_version_tag(name, version, "promotion_reason", decision.reason)
+    _move_aliases(client, name, version, promoted=decision.promoted)
     log.info("%s version %s: %s", name, version, decision.reason)
     return decision
+
+
+def _move_aliases(client: MlflowClient, name: str, version: str, *, promoted: bool) -> None:
+    """Point `@challenger`, and if `promoted` `@champion`, at `version`: both move or, as far as MLflow lets us,
+    neither (a failed champion move puts the challenger back; the registry has no transaction to do better)."""
+    previous = client.get_registered_model(name).aliases.get(CHALLENGER)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    if not promoted:
+        return
+    try:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    except Exception as error:
+        try:
+            if previous is None:
+                client.delete_registered_model_alias(name, CHALLENGER)
+            else:
+                client.set_registered_model_alias(name, CHALLENGER, previous)
+            client.set_model_version_tag(name, version, "promotion", "failed")
+        except Exception as undo_error:
+            raise PromotionError(
+                f"@{CHAMPION} of {name} could not be moved to version {version} ({error}), and @{CHALLENGER}, already "
+                f"moved to it, could not be put back to {previous or 'no version'} ({undo_error}): set it by hand"
+            ) from error
+        raise PromotionError(
+            f"@{CHAMPION} of {name} could not be moved to version {version} ({error}); @{CHALLENGER} was put back "
+            f"to {previous or 'no version'}, so no alias moved"
+        ) from error
 
 
 def _current_champion(client: MlflowClient, name: str) -> ModelVersion | None:

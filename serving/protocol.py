@@ -1,4 +1,4 @@
-"""Request machinery shared by the serving pyfuncs (Ruri embeddings and rerank now, NeuroQ generation later).
+"""Request machinery shared by the serving pyfuncs (NeuroQ generation, Ruri embeddings and rerank).
 
 Every model follows one path: `parse` (body -> typed request, field by field) -> `prepare` (request ->
 tokenised work items, with the token limits) -> the cross-request `MicroBatcher` (length-sorted batches
@@ -21,6 +21,7 @@ Limits and batching read these environment variables when a model is loaded (def
   NEUROQ_SERVING_MAX_ITEMS         [2048]    texts (embeddings) or documents (rerank) per request
   NEUROQ_SERVING_MAX_CHARS         [50000]   characters per text, query or document
   NEUROQ_SERVING_MAX_TOTAL_TOKENS  [300000]  tokens per request after truncation (what the model runs)
+  NEUROQ_SERVING_MAX_DEPTH         [32]      nesting levels of a JSON body (scoring_guard.py)
   NEUROQ_SERVING_BATCH_SIZE        [32]      sequences per forward pass
   NEUROQ_SERVING_BATCH_TOKENS      [16384]   padded tokens (sequences x longest) per forward pass
   NEUROQ_SERVING_BATCH_WAIT_MS     [5]       how long the batcher waits for requests that are being parsed
@@ -40,8 +41,11 @@ from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from serving.integrity import verify_logged_model
 
 ENV_PREFIX = "NEUROQ_SERVING_"
 # Set by mlflow's scoring server (mlflow.environment_variables._MLFLOW_IS_IN_SERVING_ENVIRONMENT).
@@ -79,6 +83,9 @@ class Limits:
     max_items: int = 2048
     max_chars: int = 50_000
     max_total_tokens: int = 300_000
+    # Far above any request shape served here (4 levels), far below Python's recursion limit, which the
+    # numpy conversion, the echo in MLflow's error message and our own walks all recurse against.
+    max_depth: int = 32
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -86,6 +93,7 @@ class Limits:
             max_items=env_number("MAX_ITEMS", cls.max_items, int, 1),
             max_chars=env_number("MAX_CHARS", cls.max_chars, int, 1),
             max_total_tokens=env_number("MAX_TOTAL_TOKENS", cls.max_total_tokens, int, 1),
+            max_depth=env_number("MAX_DEPTH", cls.max_depth, int, 1),
         )
 
 
@@ -127,10 +135,19 @@ def expect_object(value, field: str) -> dict:
     return value
 
 
-def reject_unknown(body: dict, allowed: Iterable[str], where: str = "request") -> None:
+def reject_unknown(body: dict, allowed: Iterable[str], where: str = "request", *, path: str = "") -> None:
+    """Refuse the first field not in `allowed`; `path` is the object's own path (`messages[2]`) when nested."""
     unknown = sorted(set(body) - set(allowed))
     if unknown:
-        raise RequestError(unknown[0], f"unknown field in {where} (accepted: {', '.join(sorted(allowed))})")
+        name = clip_name(unknown[0])
+        raise RequestError(f"{path}.{name}" if path else name,
+                           f"unknown field in {where} (accepted: {', '.join(sorted(allowed))})")
+
+
+def clip_name(name, limit: int = 100) -> str:
+    """A client's field name as an error names it: a key can be megabytes long, and errors echo their field."""
+    name = str(name)
+    return name if len(name) <= limit else f"{name[:limit]}..."
 
 
 def text(value, field: str, limits: Limits) -> str:
@@ -140,6 +157,11 @@ def text(value, field: str, limits: Limits) -> str:
         raise RequestError(field, f"is {len(value)} characters; the limit is {limits.max_chars}")
     if not value.strip():
         raise RequestError(field, "must be a non-empty string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:  # JSON's "\ud800" escapes decode to lone surrogates; tokenizers refuse them
+        raise RequestError(field, f"is not valid Unicode: a lone surrogate {value[error.start]!r} at character "
+                                  f"{error.start}") from None
     return value
 
 
@@ -217,21 +239,39 @@ def _short(value, limit: int = 40) -> str:
 
 def shorten_in_place(body, max_chars: int = 100, max_items: int = 4) -> None:
     """Replace long strings and lists inside `body` with summaries, so the server's error message,
-    which embeds the request, stays small."""
-    if not isinstance(body, dict):
-        return
-    for key, value in body.items():
-        if isinstance(value, np.ndarray):
-            value = plain(value)
-        if isinstance(value, dict):
-            shorten_in_place(value, max_chars, max_items)
-        elif isinstance(value, str) and len(value) > max_chars:
-            value = f"{value[:max_chars]}... ({len(value)} characters)"
-        elif isinstance(value, list) and len(value) > max_items:
-            value = f"<{len(value)} items>"
-        elif isinstance(value, list):
-            value = [_short(v, max_chars) if isinstance(v, str | dict) else v for v in value]
-        body[key] = value
+    which embeds the request, stays small.
+
+    `body` is what `predict` received: a dict (whose values the `inputs` envelope made numpy arrays), for
+    `{"inputs": [...]}` a numpy array itself, or a DataFrame (`dataframe_split` / `dataframe_records`). An
+    array cannot shrink in place: its first `max_items` strings are shortened and the others blanked to "..."
+    (numpy prints at most 1000 items anyway). A DataFrame prints clipped cells and at most 60 rows, but its
+    column names whole: those are clipped."""
+    if isinstance(body, dict):
+        for key in list(body):
+            value = _shortened(body.pop(key), max_chars, max_items)
+            body[clip_name(key, max_chars) if isinstance(key, str) else key] = value
+    elif isinstance(body, np.ndarray) and body.dtype.kind in "OU":
+        for position, index in enumerate(np.ndindex(body.shape)):
+            if position >= max_items:
+                body[index] = "..."
+            elif isinstance(body[index], str | dict | list):
+                body[index] = _shortened(body[index], max_chars, max_items)
+    elif isinstance(body, pd.DataFrame):
+        body.columns = [clip_name(c, max_chars) if isinstance(c, str) else c for c in body.columns]
+
+
+def _shortened(value, max_chars: int, max_items: int):
+    if isinstance(value, np.ndarray):
+        value = plain(value)
+    if isinstance(value, dict):
+        shorten_in_place(value, max_chars, max_items)
+    elif isinstance(value, str) and len(value) > max_chars:
+        value = f"{value[:max_chars]}... ({len(value)} characters)"
+    elif isinstance(value, list) and len(value) > max_items:
+        value = f"<{len(value)} items>"
+    elif isinstance(value, list):
+        value = [_shortened(v, max_chars, max_items) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,6 +311,7 @@ class MicroBatcher:
         self._arriving = 0
         self._thread: threading.Thread | None = None
         self.batches_run = 0  # forward passes so far (diagnostics, tests)
+        self.requests_run = 0  # requests whose items went through this thread
 
     @contextmanager
     def reserve(self):
@@ -329,6 +370,7 @@ class MicroBatcher:
             except BaseException as error:  # the waiting requests get it; the thread must survive
                 for job in jobs:
                     job.error = error
+            self.requests_run += len(jobs)
             for job in jobs:
                 job.done.set()
 
@@ -365,12 +407,20 @@ class _Ticket:
 
 
 class ServingModel(mlflow.pyfunc.PythonModel):
-    """parse -> prepare -> batch -> respond; subclasses implement the four steps and `load`."""
+    """parse -> prepare -> batch -> respond; subclasses implement the four steps and `load`.
+
+    Loading first checks the artifact files against the digests recorded at logging time (integrity.py), so
+    a damaged model never starts, and inside `mlflow models serve` makes the server's own body parsing answer
+    malformed bodies with 4xx (scoring_guard.py)."""
 
     def load_context(self, context) -> None:
+        from serving import scoring_guard  # it imports RequestError from this module
+
+        verify_logged_model(context)
         self.limits = Limits.from_env()
         self.batcher = MicroBatcher(self.run_batch, BatchConfig.from_env(), name=type(self).__name__)
         self.load(context)
+        scoring_guard.install(self.limits)
 
     # No type hints on predict: mlflow would turn them into a signature and then reject the raw
     # OpenAI / Cohere bodies (see the module docstring).
@@ -383,7 +433,8 @@ class ServingModel(mlflow.pyfunc.PythonModel):
                 if os.environ.get(SERVING_ENV_FLAG, "").lower() == "true":
                     shorten_in_place(model_input)
                 raise
-            outputs = ticket.run(items)
+            # Requests that run nothing on the model (generation's health, status) do not queue behind those that do.
+            outputs = ticket.run(items) if items else []
         return self.respond(request, items, outputs)
 
     def load(self, context) -> None:

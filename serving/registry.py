@@ -4,7 +4,8 @@ an alias (`champion`, `challenger`, ...) at the new version.
 The model is loaded once here (from a local folder, or from the Hugging Face hub when it is an id and
 the hub is reachable), given its prompts and length limit, saved to a temporary folder with
 sentence-transformers' own `save`, and that folder becomes the pyfunc artifact `model`: serving then
-never needs the hub.
+never needs the hub. Every file's sha256 and size go into the MLmodel metadata, and the server refuses to start
+when one differs (integrity.py); the `serving` and `neuroq` packages go in as the model's code.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mlflow import MlflowClient
 
 from serving.embeddings import RURI_V3_PROMPTS, EmbeddingModel
 from serving.encoder import BI_ENCODER, CROSS_ENCODER, TransformerRunner, detect_kind, load_model
+from serving.integrity import integrity_metadata, stage_code
 from serving.rerank import RerankModel
 
 logger = logging.getLogger(__name__)
@@ -130,7 +132,7 @@ def _check_pooling(model) -> None:
 
 def pip_requirements() -> list[str]:
     # torch's local version label (+cpu, +cu12x) is not installable from PyPI; pin the release only.
-    packages = ["mlflow", "sentence-transformers", "transformers", "tokenizers", "torch", "numpy"]
+    packages = ["mlflow", "sentence-transformers", "transformers", "tokenizers", "safetensors", "torch", "numpy"]
     return [f"{p}=={installed_version(p).split('+')[0]}" for p in packages]
 
 
@@ -146,13 +148,15 @@ def register(config: RegisterConfig) -> Registered:
         params = {k: v for k, v in {**asdict(config), **chosen}.items() if v is not None}
         with mlflow.start_run(run_name=f"register-{config.name}") as run:
             mlflow.log_params(params)
+            artifacts = {"model": str(model_dir)}
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=python_model,
-                artifacts={"model": str(model_dir)},
+                artifacts=artifacts,
                 model_config=model_config,
-                code_paths=[str(Path(__file__).parent)],
+                code_paths=stage_code(Path(tmp) / "code"),
                 pip_requirements=pip_requirements(),
+                metadata=integrity_metadata(artifacts),
                 registered_model_name=config.name,
             )
     version = str(info.registered_model_version)

@@ -34,6 +34,7 @@ from serving.protocol import (
     ServingModel,
     check_count,
     check_total_tokens,
+    clip_name,
     expect_object,
     optional_bool,
     optional_int,
@@ -58,7 +59,7 @@ def parse_rerank_request(body, limits: Limits) -> RerankRequest:
     if "input" in body:
         others = sorted(set(body) - {"input"})
         if others:
-            raise RequestError(others[0], "put the rerank fields inside input, not next to it")
+            raise RequestError(clip_name(others[0]), "put the rerank fields inside input, not next to it")
         body = expect_object(body["input"], "input")
     for required in ("query", "documents"):
         if required not in body:

@@ -1,4 +1,5 @@
-"""The compiled pipeline: the train task asks a cluster for a GPU, and every knob is a pipeline parameter."""
+"""The compiled pipeline: the train task asks a cluster for `gpus` GPUs in a pod fit for NCCL, and every knob
+is a pipeline parameter."""
 
 from __future__ import annotations
 
@@ -8,27 +9,35 @@ import inspect
 import yaml
 
 from pipelines.params import PipelineParams
-from pipelines.pipeline import RUN_PARAMETERS, TRAIN_RESOURCES, TRAIN_RETRIES, neuroq_pipeline
+from pipelines.pipeline import RUN_PARAMETERS, TRAIN_RESOURCES, TRAIN_RETRIES, TRAIN_SHM_VOLUME, neuroq_pipeline
 from pipelines.run import main
 
 
-def test_compiled_yaml_requests_a_gpu_cpu_and_memory_for_the_train_task(tmp_path):
+def test_compiled_yaml_requests_gpus_cpu_and_memory_for_the_train_task(tmp_path):
     out = tmp_path / "pipeline.yaml"
     assert main(["compile", "--out", str(out)]) == 0
-    spec = yaml.safe_load(out.read_text())
+    spec, platform = yaml.safe_load_all(out.read_text())
 
     train_task = spec["root"]["dag"]["tasks"]["train-neuroq"]
     executor_label = spec["components"][train_task["componentRef"]["name"]]["executorLabel"]
     executor = spec["deploymentSpec"]["executors"][executor_label]
     resources = executor["container"]["resources"]
     assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    assert resources["accelerator"]["resourceCount"] == "1"
+    # The GPU count is the `gpus` pipeline parameter, resolved when the run starts.
+    assert resources["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus']}}"
+    assert train_task["inputs"]["parameters"]["pipelinechannel--gpus"] == {"componentInputParameter": "gpus"}
+    assert spec["root"]["inputDefinitions"]["parameters"]["gpus"]["defaultValue"] == PipelineParams().gpus == 1
     assert resources["resourceCpuLimit"] == TRAIN_RESOURCES["cpu_limit"]
     assert resources["resourceMemoryLimit"] == TRAIN_RESOURCES["memory_limit"]
     assert train_task["retryPolicy"]["maxRetryCount"] == TRAIN_RETRIES
     # A cache hit would skip the MLflow logging and the registration: those steps never use the cache.
     assert train_task["cachingOptions"] == {}
     assert spec["root"]["dag"]["tasks"]["ingest-common-crawl"]["cachingOptions"] == {"enableCache": True}
+
+    # NCCL needs more /dev/shm than a container's 64 MB default; GPU nodes are often tainted.
+    pod = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][executor_label]
+    assert pod["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "volumeName": TRAIN_SHM_VOLUME}]
+    assert pod["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
 
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert inputs["max_steps"]["defaultValue"] == PipelineParams().max_steps

@@ -14,6 +14,7 @@ import pytest
 from serving.registry import RegisterConfig, Registered, register
 from tests.serving.helpers import MAX_SEQ_LENGTH
 from tests.serving.tiny_models import build_bi_encoder, build_cross_encoder
+from tests.support import fuzz
 from tests.support.mlflow_serve import ModelServer
 
 # Small limits so the limit errors are cheap to provoke.
@@ -115,3 +116,7 @@ def shared_eval_dir(shared_data_dir) -> Path:
         pytest.skip(f"needs the evaluation sets in {path}")
     return shared_data_dir
 
+
+
+def pytest_terminal_summary(terminalreporter):
+    fuzz.summarize(terminalreporter)

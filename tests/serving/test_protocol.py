@@ -7,12 +7,14 @@ import threading
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
 from serving.embeddings import RURI_V3_PROMPTS, parse_embeddings_request
 from serving.protocol import BatchConfig, Limits, MicroBatcher, RequestError, plain, shorten_in_place
 from serving.rerank import parse_rerank_request
+from serving.scoring_guard import check_array_sizes, decode_json_object, install
 
 LIMITS = Limits(max_items=4, max_chars=20, max_total_tokens=100)
 
@@ -91,6 +93,80 @@ def test_shorten_in_place_summarises_long_values():
     assert body["documents"] == "<10 items>"
     assert body["query"].endswith("(5000 characters)") and len(body["query"]) < 200
     assert body["top_n"] == 3
+
+
+def test_shorten_in_place_reaches_into_nested_lists_long_keys_and_numpy_arrays():
+    body = {"documents": [{"text": "d" * 500}, ["e" * 500]], "k" * 1000: 1}
+    batch = np.array(["p" * 500, "q"] + ["r" * 200] * 998)  # what {"inputs": [prompt, ...]} becomes
+
+    shorten_in_place(body)
+    shorten_in_place(batch)
+
+    assert body["documents"][0]["text"].endswith("(500 characters)")
+    assert body["documents"][1][0].endswith("(500 characters)")
+    assert "k" * 100 + "..." in body
+    assert batch[0].endswith("(500 characters)") and batch[1] == "q"
+    assert set(batch[4:]) == {"..."} and len(str(batch)) < 10_000
+
+
+def test_shorten_in_place_clips_the_column_names_of_a_dataframe():
+    frame = pd.DataFrame([{"prompt": "猫", "鍵" * 100_000: 1}])  # what dataframe_records becomes
+
+    shorten_in_place(frame)
+
+    assert list(frame.columns) == ["prompt", "鍵" * 100 + "..."]
+
+
+def test_a_lone_surrogate_is_refused_naming_the_field():
+    # JSON's "\ud800" escape decodes to a str that is not Unicode text; tokenizers cannot take it.
+    with pytest.raises(RequestError, match=r"input\[1\]: is not valid Unicode: a lone surrogate '\\ud800'"):
+        parse_embeddings({"input": ["猫", "a\ud800"]})
+
+
+def test_an_unknown_key_is_named_clipped():
+    with pytest.raises(RequestError) as error:
+        parse_embeddings({"input": "猫", "鍵" * 10_000: 1})
+    assert error.value.field == "鍵" * 100 + "..."
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "problem"),
+    [
+        (b"", "body", "is not valid JSON: Expecting value at line 1 column 1"),
+        (b'{"input": "\xff"}', "body", "is not valid JSON: not UTF-8 text (invalid start byte at byte 11)"),
+        (b'{"input": [1, 2}', "body", "is not valid JSON"),
+        (b"[1, 2]", "body", "must be a JSON object (see the model's request shapes), got list"),
+        (b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "body", "nests too deeply to parse"),
+        (b'{"input": [{"a": [[[1]]]}]}', "input[0].a[0][0]", "nests deeper than 4 levels"),
+    ],
+)
+def test_a_body_that_is_not_a_json_object_is_refused_as_a_whole(body, field, problem):
+    with pytest.raises(RequestError) as error:
+        decode_json_object(body, max_depth=4)
+    assert error.value.field == field
+    assert problem in error.value.message
+
+
+def test_integers_too_long_to_convert_decode_as_infinities_so_the_field_check_names_them():
+    body = decode_json_object(b'{"dimensions": ' + b"9" * 5000 + b', "top_n": -' + b"9" * 5000 + b"}", max_depth=4)
+
+    assert body == {"dimensions": float("inf"), "top_n": float("-inf")}
+    with pytest.raises(RequestError, match="dimensions: must be an integer, got float"):
+        parse_embeddings({"input": "猫", "dimensions": body["dimensions"]})
+
+
+def test_an_inputs_value_numpy_would_blow_up_is_refused_before_mlflow_converts_it():
+    # numpy stores each string at the longest one's width: 2048 x 1 MB characters, 8 GB.
+    body = {"inputs": {"query": "猫", "documents": [1] * 2047 + ["x" * 1_000_000]}}
+
+    with pytest.raises(RequestError, match=r"inputs\.documents: MLflow's inputs envelope would make this a numpy "
+                                           r"array of 2048 cells of 1000000 characters"):
+        check_array_sizes(body, Limits(max_items=2048, max_chars=50_000))
+    check_array_sizes({"inputs": {"documents": ["x" * 50_000] * 2048}}, Limits(max_items=2048, max_chars=50_000))
+
+
+def test_the_scoring_server_guard_is_installed_only_inside_the_server():
+    assert install(Limits()) is False  # this process is no `mlflow models serve`
 
 
 def test_limits_and_batching_come_from_the_environment(monkeypatch):

@@ -22,6 +22,7 @@ from neuroq.corpus import bundled_dialogues
 from neuroq.model import NeuroQ, NeuroQConfig
 from neuroq.tokenizer import NeuroQTokenizer, TokenizerConfig
 from serving.generation import log_neuroq_model
+from tests.support import fuzz
 from tests.support.mlflow_serve import ModelServer
 
 MODEL_NAME = "neuroq"
@@ -124,3 +125,7 @@ def invoke(served):
         return requests.post(f"{served}/invocations", json=body, timeout=timeout)
 
     return post
+
+
+def pytest_terminal_summary(terminalreporter):
+    fuzz.summarize(terminalreporter)

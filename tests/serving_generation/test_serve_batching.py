@@ -47,3 +47,16 @@ def test_jobs_with_equal_settings_share_a_call_and_seeded_jobs_run_alone(pyfunc,
     assert [len(r) for r in results] == [2, 1, 1, 1]
     alone = model.run_batch([jobs[2]])
     assert alone[0][0][0].text == results[2][0][0].text, "a seeded job's answer does not depend on its neighbours"
+
+
+def test_requests_that_generate_nothing_do_not_queue_for_the_model_thread(pyfunc):
+    batcher = pyfunc.unwrap_python_model().batcher
+    before = batcher.requests_run
+
+    assert pyfunc.predict({"input": {"action": "health"}})["status"] == "healthy"
+    assert pyfunc.predict({"input": {"action": "status"}})["status"] == "ready"
+    assert pyfunc.predict({"input": {"action": "clear_session", "session_id": "nobody"}})["cleared_turns"] == 0
+    assert batcher.requests_run == before
+
+    pyfunc.predict({"prompt": "こんにちは", "max_tokens": 1})
+    assert batcher.requests_run == before + 1

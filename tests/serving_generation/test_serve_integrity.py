@@ -12,13 +12,9 @@ import yaml
 
 from neuroq.errors import CheckpointError
 from serving.generation import log_neuroq_model
+from serving.integrity import ArtifactIntegrityError
+from tests.serving.helpers import LFS_POINTER, flip_a_byte, truncate
 from tests.support.mlflow_serve import ModelServer
-
-LFS_POINTER = (
-    "version https://git-lfs.github.com/spec/v1\n"
-    "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
-    "size 58123456\n"
-)
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +33,11 @@ def model_copy(downloaded, tmp_path, monkeypatch) -> Path:
 def test_logged_model_has_no_signature_and_records_each_artifact_digest(downloaded, checkpoint_dir):
     mlmodel = yaml.safe_load((downloaded / "MLmodel").read_text())
     assert "signature" not in mlmodel, "a signature would make MLflow reject the raw OpenAI / handler bodies"
-    recorded = mlmodel["metadata"]["neuroq"]["artifacts"]
+    recorded = mlmodel["metadata"]["integrity"]
+    assert recorded["algorithm"] == "sha256"
     for key, file in (("weights", "model.safetensors"), ("config", "config.json"), ("tokenizer", "tokenizer.model")):
         data = (checkpoint_dir / file).read_bytes()
-        assert recorded[key] == {"file": file, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        assert recorded["artifacts"][key] == {file: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}}
     assert "training_state.pt" not in {p.name for p in (downloaded / "artifacts").iterdir()}
 
 
@@ -58,31 +55,27 @@ def test_intact_copy_loads(model_copy):
 
 
 def test_flipped_bytes_in_the_weights_are_refused(model_copy):
-    weights = model_copy / "artifacts" / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-100] ^= 0xFF
-    weights.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors is corrupt: its sha256 differs"):
+    flip_a_byte(model_copy / "artifacts" / "model.safetensors")
+    with pytest.raises(ArtifactIntegrityError, match=r"model\.safetensors is corrupt: its sha256 differs"):
         mlflow.pyfunc.load_model(str(model_copy))
 
 
 def test_git_lfs_pointer_instead_of_the_weights_is_refused(model_copy):
     (model_copy / "artifacts" / "model.safetensors").write_text(LFS_POINTER)
-    with pytest.raises(CheckpointError, match=r"is a Git LFS pointer \(\d+ bytes\), not the [\d,]+-byte file"):
+    with pytest.raises(ArtifactIntegrityError, match=r"is a Git LFS pointer \(\d+ bytes\), not the [\d,]+-byte file"):
         mlflow.pyfunc.load_model(str(model_copy))
 
 
 def test_truncated_tokenizer_is_refused(model_copy):
-    tokenizer = model_copy / "artifacts" / "tokenizer.model"
-    tokenizer.write_bytes(tokenizer.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match=r"tokenizer\.model is truncated or corrupt: 1,000 bytes"):
+    truncate(model_copy / "artifacts" / "tokenizer.model", 1000)
+    with pytest.raises(ArtifactIntegrityError, match=r"tokenizer\.model is truncated or corrupt: 1,000 bytes"):
         mlflow.pyfunc.load_model(str(model_copy))
 
 
 def test_edited_config_is_refused(model_copy):
     config = model_copy / "artifacts" / "config.json"
     config.write_text(config.read_text().replace('"n_layer": 2', '"n_layer": 3'))
-    with pytest.raises(CheckpointError, match=r"config\.json is corrupt"):
+    with pytest.raises(ArtifactIntegrityError, match=r"config\.json is corrupt"):
         mlflow.pyfunc.load_model(str(model_copy))
 
 

@@ -4,14 +4,14 @@
         requests.post(f"{url}/invocations", json={"input": ["..."]})
 
 Several servers start faster together (each spends ~10 s importing): create them with
-`ModelServer(...)`, call `start()` on each, then `wait_ready()` on each, and `stop()` at the end.
+`ModelServer(...)`, call `start()` on each, then `wait_ready()` on each, and `stop()` at the end, or let
+`serve_all({"embed": ModelServer(...), ...})` do that and yield their URLs by name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,9 +21,9 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from tests.support.mlflow_server import free_port
+from tests.support.mlflow_server import free_port, stop_process_group
 
-__all__ = ["ModelServer", "mlflow_models_serve"]
+__all__ = ["ModelServer", "mlflow_models_serve", "serve_all"]
 
 
 class ModelServer:
@@ -96,32 +96,10 @@ class ModelServer:
         raise TimeoutError(f"mlflow models serve not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the server's process group, wait until every member is gone, SIGKILL what is left.
-
-        Waiting on the `mlflow` CLI process is not enough: uvicorn (and its workers) outlive it briefly.
-        """
-        process = self._process
-        if process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        if not _group_gone(process, timeout):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            _group_gone(process, 5.0)
+        """Stop the server's whole process group: uvicorn (and its workers) outlive the `mlflow` CLI briefly."""
+        if self._process is not None:
+            stop_process_group(self._process, timeout)
         self._process = None
-
-
-def _group_gone(process: subprocess.Popen, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        process.poll()  # reap our direct child so it does not linger as a zombie group member
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @contextlib.contextmanager
@@ -140,3 +118,15 @@ def mlflow_models_serve(
         yield server.wait_ready(startup_timeout)
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def serve_all(servers: Mapping[str, ModelServer], startup_timeout: float = 180.0) -> Iterator[dict[str, str]]:
+    """Start every server, then wait for each (their imports overlap); yields name -> base URL, stops them all."""
+    try:
+        for server in servers.values():
+            server.start()
+        yield {name: server.wait_ready(startup_timeout) for name, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()

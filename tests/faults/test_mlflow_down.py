@@ -1,0 +1,119 @@
+"""The tracking server, or the S3 store behind it, down when the register step logs the model: the step fails
+within the retry policy with an error naming what is down and where the trained weights are; the weights are
+intact, no alias moved, and the same step succeeds once the service is back.
+
+Real processes throughout: `mlflow server` (sqlite backend, artifacts proxied to SeaweedFS S3), stopped and
+started again on the same port; the steps run in-process as the KFP components call them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from neuroq.checkpoint import load_checkpoint, verify_checkpoint
+from pipelines import steps
+from pipelines.tracking import RETRY_ENV, RetryPolicy, TrackingUnavailableError
+from serving.promotion import CHALLENGER, CHAMPION
+from tests.faults.conftest import aliases, file_hashes, seed_registry, step_params
+from tests.support.mlflow_server import MlflowServer, mlflow_server
+from tests.support.s3server import SeaweedS3
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "mlflow"
+# Three quick attempts per request: the policy's shape, at a test's pace (the defaults take ~15 s to give up).
+FAST_RETRIES = RetryPolicy(max_retries=2, backoff_factor=0, backoff_jitter=0, timeout_s=10)
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> RetryPolicy:
+    """Through the environment, as an operator would set it; monkeypatch restores the variables afterwards."""
+    for field, name in RETRY_ENV.items():
+        monkeypatch.setenv(name, str(getattr(FAST_RETRIES, field)))
+    assert RetryPolicy.from_env() == FAST_RETRIES
+    return FAST_RETRIES
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[SeaweedS3]:
+    with SeaweedS3(buckets=(BUCKET,)) as server:
+        yield server
+
+
+@pytest.fixture
+def server(s3: SeaweedS3, tmp_path: Path) -> Iterator[MlflowServer]:
+    with mlflow_server(tmp_path / "mlflow-server", artifacts_destination=f"s3://{BUCKET}/artifacts",
+                       env=s3.env()) as running:
+        yield running
+
+
+def _runs(client: MlflowClient, parent_run_id: str) -> set[tuple[str, str]]:
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    return {("parent", parent.info.status)} | {(run.info.run_name, run.info.status) for run in children}
+
+
+def test_s3_then_the_tracking_server_down_at_register_fail_clearly_and_fast_and_the_step_succeeds_once_back(
+    server, s3, trained, val_dir
+):
+    name = "mlflow-down"
+    client = MlflowClient(server.url)
+    before = seed_registry(server.url, name, val_dir)
+    params = step_params(name)
+    run = steps.start(params, tracking_uri=server.url)
+    evaluation = steps.evaluate(params, run, str(trained), str(val_dir))
+    hashes = file_hashes(trained)
+
+    def register():
+        return steps.register(params, run, str(trained), str(val_dir), evaluation=evaluation, train_digest="t")
+
+    # 1. The S3 store behind the server is down: the model upload fails; the server records the failure.
+    s3.stop()
+    with pytest.raises(TrackingUnavailableError) as failure:
+        register()
+
+    message = str(failure.value)
+    assert message.startswith(f"step register: the artifact store behind the tracking server {server.url} (")
+    assert "this run's artifacts are mlflow-artifacts:/" in message
+    assert f"The trained weights are intact in {trained} (every file matches the sha256" in message
+    assert _runs(client, run.parent_run_id) == {("parent", "FAILED"), ("evaluate", "FINISHED"), ("register", "FAILED")}
+    assert aliases(client, name) == before == {CHAMPION: "1", CHALLENGER: "2"}
+    assert len(client.search_model_versions(f"name = '{name}'")) == 2
+
+    # 2. The tracking server itself crashes: the step gives up within the retry policy, not MLflow's minutes.
+    server.kill()
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailableError) as failure:
+        register()
+    elapsed = time.monotonic() - started
+
+    message = str(failure.value)
+    assert message.startswith(f"step register: the MLflow tracking server {server.url} did not answer (")
+    assert "within 3 attempts per request" in message and "MLFLOW_HTTP_REQUEST_MAX_RETRIES" in message
+    assert f"The trained weights are intact in {trained}" in message
+    assert elapsed < 15, f"gave up after {elapsed:.1f}s"
+
+    # The weights the step was logging are untouched by either failure.
+    assert file_hashes(trained) == hashes
+    assert verify_checkpoint(trained)["files"].keys() == {"model.safetensors", "tokenizer.model"}
+    assert load_checkpoint(trained).model.num_params() > 0
+
+    # 3. Both back. SeaweedS3 cannot start again on its old data: an empty store on a new port stands in for S3
+    # coming back (the champion's files stay behind with the old one; the promotion reads only its stored score).
+    s3.start()
+    server.restart(env=s3.env())
+    assert aliases(client, name) == before and len(client.search_model_versions(f"name = '{name}'")) == 2
+
+    decision = register()
+
+    assert decision.promoted and decision.version == "3"
+    assert aliases(client, name) == {CHAMPION: "3", CHALLENGER: "3"}
+    assert _runs(client, run.parent_run_id) == {
+        ("parent", "FINISHED"), ("evaluate", "FINISHED"), ("register", "FAILED"), ("register", "FINISHED")
+    }

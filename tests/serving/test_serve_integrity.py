@@ -16,11 +16,14 @@ from tests.support.mlflow_serve import ModelServer
 
 
 @pytest.fixture(scope="module")
-def downloaded(registered_embed, registered_rerank, tmp_path_factory) -> dict[str, Path]:
+def downloaded(store, registered_embed, registered_rerank, tmp_path_factory) -> dict[str, Path]:
     """Pristine local copies of both registered models, to damage copies of."""
     root = tmp_path_factory.mktemp("downloaded")
+    # Module-scoped: set up before the per-test tracking-URI fixture, so the store is named here.
     return {
-        task: Path(mlflow.artifacts.download_artifacts(registered.model_uri, dst_path=str(root / task)))
+        task: Path(mlflow.artifacts.download_artifacts(registered.model_uri, dst_path=str(root / task),
+                                                       tracking_uri=store.tracking_uri,
+                                                       registry_uri=store.tracking_uri))
         for task, registered in (("embed", registered_embed), ("rerank", registered_rerank))
     }
 

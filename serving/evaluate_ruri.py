@@ -35,6 +35,7 @@ import numpy as np
 from mlflow import MlflowClient
 
 from serving.embeddings import EmbeddingModel
+from serving.registry import experiment_id
 
 logger = logging.getLogger(__name__)
 
@@ -251,8 +252,8 @@ def evaluate(config: EvalConfig) -> EvalResult:
     logger.info("evaluating %s version %s (%s) on %s", config.name, version.version, task, data_dir)
     metrics = (evaluate_embeddings if task == "embed" else evaluate_rerank)(model, config, data_dir)
 
-    mlflow.set_experiment(config.experiment)
-    with mlflow.start_run(run_name=f"eval-{config.name}-v{version.version}") as run:
+    with mlflow.start_run(experiment_id=experiment_id(config.experiment),
+                          run_name=f"eval-{config.name}-v{version.version}") as run:
         params = {k: v for k, v in asdict(config).items() if v is not None and k != "gates"}
         mlflow.log_params({**params, "model_version": version.version, "task": task, "data_dir": str(data_dir)})
         for dataset in _dataset_inputs(config, data_dir, task):

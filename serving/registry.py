@@ -136,9 +136,18 @@ def pip_requirements() -> list[str]:
     return [f"{p}=={installed_version(p).split('+')[0]}" for p in packages]
 
 
+def experiment_id(name: str) -> str:
+    """The id of experiment `name`, created if missing.
+
+    Not `mlflow.set_experiment`: it exports MLFLOW_EXPERIMENT_ID, which every later run of the caller's process,
+    and every subprocess it starts (`mlflow run`, servers), would then inherit.
+    """
+    experiment = mlflow.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else mlflow.create_experiment(name)
+
+
 def register(config: RegisterConfig) -> Registered:
     """Log, register and alias one model under the current tracking URI."""
-    mlflow.set_experiment(config.experiment)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
         chosen = prepare_model_dir(config, model_dir)
@@ -146,7 +155,8 @@ def register(config: RegisterConfig) -> Registered:
         served_name = config.served_name or (config.name if Path(config.model).expanduser().is_dir() else config.model)
         model_config = {"model_name": served_name, "task": config.task, "scorer": chosen["scorer"]}
         params = {k: v for k, v in {**asdict(config), **chosen}.items() if v is not None}
-        with mlflow.start_run(run_name=f"register-{config.name}") as run:
+        experiment = experiment_id(config.experiment)
+        with mlflow.start_run(experiment_id=experiment, run_name=f"register-{config.name}") as run:
             mlflow.log_params(params)
             artifacts = {"model": str(model_dir)}
             info = mlflow.pyfunc.log_model(

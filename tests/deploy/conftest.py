@@ -18,13 +18,13 @@ from tests.serving.conftest import (  # noqa: F401  (fixtures)
 from tests.serving_generation.conftest import checkpoint_dir, registry  # noqa: F401  (fixtures)
 
 # Read when the tests are collected, before any fixture has run.
-_MLFLOW_ENVIRONMENT = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
+_MLFLOW_ENVIRONMENT = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI",)}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _leave_no_mlflow_environment() -> Iterator[None]:
-    """Registering the models exports MLFLOW_EXPERIMENT_ID (mlflow.set_experiment) and MLFLOW_TRACKING_URI for the
-    rest of the session: later test folders, and the `mlflow run` they start, must not inherit them."""
+    """Registering the models exports MLFLOW_TRACKING_URI for the rest of the session: later test folders, and
+    the `mlflow run` they start, must not inherit it."""
     yield
     for name, value in _MLFLOW_ENVIRONMENT.items():
         if value is None:

@@ -4,7 +4,8 @@ module and waits for it.
 Each process joins the process group torchrun describes (`neuroq.train` runs DDP when WORLD_SIZE > 1: one GPU per
 local rank, NCCL; gloo on a machine without CUDA) and trains on its share of the token blocks the step wrote.
 Rank 0 alone logs the per-step metrics into the step's MLflow run, exports the checkpoint and writes the
-`TrainResult` back for the step, which then goes on as after an in-process run.
+`TrainResult` back for the step, with the metrics MLflow did not take (it was down), which the step then sends as
+after an in-process run.
 
     python -m torch.distributed.run --standalone --nproc-per-node 4 -m pipelines.distributed SPEC.json
 """
@@ -18,8 +19,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow.entities import Metric
+
 from neuroq.errors import NeuroQError
 from neuroq.train import TrainConfig, TrainResult
+from pipelines.tracking import TrainingMetricsLogger
 
 __all__ = ["TorchrunError", "TorchrunSpec", "launch", "main"]
 
@@ -38,13 +42,14 @@ class TorchrunSpec:
     tokenizer: str
     tracking_uri: str
     run_id: str  # the step's MLflow run: rank 0 logs into it
-    result: str  # where rank 0 writes the TrainResult as JSON
+    result: str  # where rank 0 writes the TrainResult and the metrics still queued, as JSON
     num_threads: int = 0  # torch threads per process; 0 keeps torchrun's (OMP_NUM_THREADS=1 per process)
 
 
-def launch(nproc: int, spec: TorchrunSpec, spec_path: Path) -> TrainResult:
+def launch(nproc: int, spec: TorchrunSpec, spec_path: Path, metrics_logger: TrainingMetricsLogger) -> TrainResult:
     """Run `torchrun --standalone --nproc-per-node nproc` on `spec` (saved to `spec_path`) and return rank 0's
-    TrainResult; raises TorchrunError when any process fails."""
+    TrainResult; the metrics rank 0 could not log join `metrics_logger`'s queue. Raises TorchrunError when any
+    process fails."""
     spec_path.write_text(json.dumps(dataclasses.asdict(spec)), encoding="utf-8")
     # torch.distributed.run is what the `torchrun` script runs; through this interpreter it needs no PATH entry.
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
@@ -53,6 +58,7 @@ def launch(nproc: int, spec: TorchrunSpec, spec_path: Path) -> TrainResult:
     if completed.returncode != 0:
         raise TorchrunError(f"torchrun with {nproc} processes exited with {completed.returncode}: {' '.join(command)}")
     data = json.loads(Path(spec.result).read_text(encoding="utf-8"))
+    metrics_logger.pending.extend(Metric(*values) for values in data.pop("unlogged_metrics"))
     for key in ("checkpoint_path", "last_checkpoint_path"):
         data[key] = Path(data[key]) if data[key] else None
     return TrainResult(**data)
@@ -60,7 +66,6 @@ def launch(nproc: int, spec: TorchrunSpec, spec_path: Path) -> TrainResult:
 
 def main(argv: list[str] | None = None) -> int:
     """One process of the torchrun launch (argv: the spec's path)."""
-    import mlflow
     import torch
 
     from neuroq.data import PackedBlocks
@@ -72,16 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     config = TrainConfig(**spec.config)
-    mlflow.set_tracking_uri(spec.tracking_uri)
-
-    def log_metrics(metrics: dict[str, float], step: int) -> None:  # called on rank 0 only
-        mlflow.log_metrics(metrics, step=step, run_id=spec.run_id)
-
+    metrics_logger = TrainingMetricsLogger(spec.tracking_uri, spec.run_id)  # called on rank 0 only
     result = train(config, PackedBlocks(spec.train_tokens, config.block_size),
                    PackedBlocks(spec.val_tokens, config.block_size), NeuroQTokenizer.load(spec.tokenizer),
-                   callbacks=[log_metrics])
+                   callbacks=[metrics_logger])
     if result.checkpoint_path is not None:  # only rank 0 exports
-        Path(spec.result).write_text(json.dumps(dataclasses.asdict(result), default=str), encoding="utf-8")
+        unlogged = [[m.key, m.value, m.timestamp, m.step] for m in metrics_logger.pending]
+        data = {**dataclasses.asdict(result), "unlogged_metrics": unlogged}
+        Path(spec.result).write_text(json.dumps(data, default=str), encoding="utf-8")
     return 0
 
 

@@ -312,6 +312,9 @@ def train_neuroq(
 ) -> dict[str, Any]:
     """Tokenize both splits into shards, train NeuroQ with per-step metrics to MLflow, export the checkpoint.
 
+    MLflow down during training does not stop it (`tracking.TrainingMetricsLogger` keeps the metrics until MLflow
+    answers); still down once the weights are exported, the step fails naming them.
+
     `out_dir` receives the exported checkpoint (weights, config, tokenizer); the token shards and the training
     checkpoint live in a scratch folder beside it that is removed afterwards.
     """
@@ -321,7 +324,7 @@ def train_neuroq(
 
     out = Path(out_dir)
     scratch = out.with_name(out.name + ".work")
-    with _step(run, params, "train_neuroq", weights=out_dir):
+    with _step(run, params, "train_neuroq", weights=out_dir) as active:
         tokenizer = NeuroQTokenizer.load(tokenizer_path)
         write_token_shards(read_texts(train_dir), tokenizer, scratch / "tokens" / "train")
         write_token_shards(read_texts(val_dir), tokenizer, scratch / "tokens" / "validation")
@@ -335,27 +338,26 @@ def train_neuroq(
         mlflow.log_params({"train_blocks": len(train_blocks), "val_blocks": len(val_blocks),
                            "train_processes": params.processes})
 
+        metrics_logger = tracking.TrainingMetricsLogger(run.tracking_uri, active.info.run_id)
         if params.processes > 1:
             from pipelines import distributed
 
             spec = distributed.TorchrunSpec(
                 config=config.to_dict(), train_tokens=str(scratch / "tokens" / "train"),
                 val_tokens=str(scratch / "tokens" / "validation"), tokenizer=tokenizer_path,
-                tracking_uri=run.tracking_uri, run_id=mlflow.active_run().info.run_id,
+                tracking_uri=run.tracking_uri, run_id=active.info.run_id,
                 result=str(scratch / "result.json"), num_threads=params.num_threads,
             )
-            result = distributed.launch(params.processes, spec, scratch / "torchrun.json")
+            result = distributed.launch(params.processes, spec, scratch / "torchrun.json", metrics_logger)
         else:
-            def log_metrics(metrics: dict[str, float], step: int) -> None:
-                mlflow.log_metrics(metrics, step=step)
-
-            result = train(config, train_blocks, val_blocks, tokenizer, callbacks=[log_metrics])
+            result = train(config, train_blocks, val_blocks, tokenizer, callbacks=[metrics_logger])
         # The weights reach the step's output before anything else is logged: MLflow down from here on fails the
         # step without losing them (the error says where they are).
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(result.checkpoint_path, out)
         shutil.rmtree(scratch, ignore_errors=True)
+        metrics_logger.flush()
         tracking.log_loss_curve(result.history)
         summary = {
             "steps": result.steps,

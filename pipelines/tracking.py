@@ -11,8 +11,9 @@ only ever talk HTTP to the server.
 
 MLflow down: every request is retried under `RetryPolicy` (MLflow's own HTTP retry variables, with bounds that
 fail a dead server in seconds instead of MLflow's minutes per request), then the step fails with a
-`TrackingUnavailableError` naming the server, the artifact store and what the step keeps on disk. See
-docs/faults.md.
+`TrackingUnavailableError` naming the server, the artifact store and what the step keeps on disk. The one
+exception is the training loop's metrics (`TrainingMetricsLogger`): an outage there must not stop training, so
+they wait in memory and go out once MLflow answers again. See docs/faults.md.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import importlib.util
 import logging
 import os
 import subprocess
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from typing import Any
 
 import mlflow
 import requests
-from mlflow.entities import Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -41,8 +43,10 @@ from neuroq.errors import ConfigError, NeuroQError
 __all__ = [
     "RETRY_ENV",
     "STEP_TAG",
+    "MetricsNotLoggedError",
     "RetryPolicy",
     "TrackingUnavailableError",
+    "TrainingMetricsLogger",
     "adopt_pipeline_run",
     "code_version",
     "finish_pipeline_run",
@@ -57,12 +61,17 @@ log = logging.getLogger(__name__)
 
 PIPELINE_TAG = "neuroq.pipeline"
 STEP_TAG = "neuroq.step"
-# MLflow refuses a batch with more than 100 params.
+# MLflow refuses a batch with more than 100 params or 1000 metrics.
 _PARAM_BATCH = 100
+_METRIC_BATCH = 1000
 
 
 class TrackingUnavailableError(NeuroQError):
     """The tracking server, or the artifact store behind it, did not answer within the retry policy."""
+
+
+class MetricsNotLoggedError(NeuroQError):
+    """Training metrics still queued when MLflow did not answer their final flush (the cause is MLflow's error)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,21 @@ class RetryPolicy:
     def describe(self) -> str:
         return (f"{self.max_retries + 1} attempts per request, backoff factor {self.backoff_factor} s, "
                 f"timeout {self.timeout_s} s ({', '.join(RETRY_ENV.values())})")
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[RetryPolicy]:
+        """This policy for the requests made inside the block; the environment's policy again after it."""
+        previous = RetryPolicy.from_env()
+        self.apply()
+        try:
+            yield self
+        finally:
+            previous.apply()
+
+    @classmethod
+    def single_attempt(cls, timeout_s: int) -> RetryPolicy:
+        """One try, no sleeps: for requests whose failure is handled by the caller instead of waited out."""
+        return cls(max_retries=0, backoff_factor=0, backoff_jitter=0, timeout_s=timeout_s)
 
 
 # RetryPolicy field -> the MLflow variable that carries it.
@@ -274,16 +298,81 @@ def _mark_failed(tracking_uri: str, run: mlflow.ActiveRun | None, parent_run_id:
         marks.append((run.info.run_id, lambda: mlflow.end_run(failed)))
     if parent_run_id:
         marks.append((parent_run_id, lambda: MlflowClient(tracking_uri).set_terminated(parent_run_id, failed)))
-    if quick:
-        RetryPolicy(max_retries=0, backoff_factor=0, backoff_jitter=0, timeout_s=min(policy.timeout_s, 10)).apply()
-    try:
+    with (RetryPolicy.single_attempt(min(policy.timeout_s, 10)) if quick else policy).applied():
         for run_id, mark in marks:
             try:
                 mark()
             except Exception as error:  # noqa: BLE001 - whatever it is, the step's own error matters more
                 log.warning("could not mark run %s FAILED in MLflow at %s: %s", run_id, tracking_uri, error)
-    finally:
-        policy.apply()
+
+
+class TrainingMetricsLogger:
+    """The training loop's metrics callback: logs to one MLflow run, and an MLflow outage does not stop training.
+
+    Every call queues its metrics (with their step and wall-clock time) and sends the whole queue in `log_batch`
+    requests of one attempt each, `attempt_timeout_s` at most: waiting out the retry policy at every log interval
+    would stall training for as long as MLflow is down. When MLflow does not answer, the queue is kept, a warning
+    says so once, and the next try comes `retry_interval_s` later; when it answers again, the backlog goes out
+    with its original steps and timestamps, so the run's history has no gap. `flush()` at the end of training
+    sends what is left under the full `RetryPolicy` and raises `MetricsNotLoggedError` if MLflow is still down.
+
+    Errors that are not an outage (an invalid metric, a deleted run) raise at once: they would not heal by waiting.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, *, retry_interval_s: float = 30.0,
+                 attempt_timeout_s: int = 5, pending: Sequence[Metric] = ()) -> None:
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.retry_interval_s = retry_interval_s
+        self.attempt_timeout_s = attempt_timeout_s
+        self.pending: list[Metric] = list(pending)
+        self._down_since: float | None = None  # time.monotonic() of the first failed attempt of this outage
+        self._next_try = 0.0
+
+    def __call__(self, metrics: Mapping[str, float], step: int) -> None:
+        timestamp = int(time.time() * 1000)
+        self.pending.extend(Metric(key, float(value), timestamp, step) for key, value in metrics.items())
+        if time.monotonic() < self._next_try:
+            return
+        try:
+            with RetryPolicy.single_attempt(self.attempt_timeout_s).applied():
+                self._send()
+        except Exception as error:
+            if _unreachable_cause(error) is None:
+                raise
+            now = time.monotonic()
+            if self._down_since is None:
+                self._down_since = now
+                log.warning("MLflow at %s did not answer (%s): training goes on, its metrics wait in memory and are "
+                            "retried every %.0f s", self.tracking_uri, type(error).__name__, self.retry_interval_s)
+            self._next_try = now + self.retry_interval_s
+            return
+        if self._down_since is not None:
+            log.warning("MLflow at %s answers again after %.0f s: the queued training metrics are logged",
+                        self.tracking_uri, time.monotonic() - self._down_since)
+            self._down_since = None
+
+    def flush(self) -> None:
+        """Send every queued metric under the full retry policy; `MetricsNotLoggedError` if MLflow still fails."""
+        try:
+            with RetryPolicy.from_env().applied():
+                self._send()
+        except Exception as error:
+            if _unreachable_cause(error) is None:
+                raise
+            steps = sorted({metric.step for metric in self.pending})
+            raise MetricsNotLoggedError(
+                f"{len(self.pending)} training metric values (steps {steps[0]}-{steps[-1]}) could not be logged to "
+                f"run {self.run_id}."
+            ) from error
+
+    def _send(self) -> None:
+        client = MlflowClient(self.tracking_uri)
+        while self.pending:
+            # Dropped from the queue only once the server took them: a failed batch is sent again, never twice.
+            batch = self.pending[:_METRIC_BATCH]
+            client.log_batch(self.run_id, metrics=batch)
+            del self.pending[: len(batch)]
 
 
 def _unreachable_cause(error: BaseException) -> BaseException | None:

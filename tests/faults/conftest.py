@@ -18,13 +18,15 @@ from mlflow.tracking import MlflowClient
 from neuroq.train import train
 from pipelines.params import PipelineParams
 from pipelines.steps import text_digest
-from pipelines.tracking import RETRY_ENV
+from pipelines.tracking import RETRY_ENV, RetryPolicy
 from serving.promotion import CHALLENGER, CHAMPION, score_tag
 from tests.neuroq.test_train import blocks, corpus, tiny_config  # noqa: F401 (corpus is a fixture)
 from tests.pipeline.test_promotion import Constant
 
 # A champion score no challenger can miss: the retry after a fault then moves both aliases.
 CHAMPION_BITS_PER_CHAR = 99.0
+# Three quick attempts per request: the policy's shape, at a test's pace (the defaults take ~15 s to give up).
+FAST_RETRIES = RetryPolicy(max_retries=2, backoff_factor=0, backoff_jitter=0, timeout_s=10)
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +41,15 @@ def _restore_mlflow_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
     saved = os.environ.get("MLFLOW_TRACKING_URI")
     yield
     mlflow.set_tracking_uri(saved)
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> RetryPolicy:
+    """Through the environment, as an operator would set it; monkeypatch restores the variables afterwards."""
+    for field, name in RETRY_ENV.items():
+        monkeypatch.setenv(name, str(getattr(FAST_RETRIES, field)))
+    assert RetryPolicy.from_env() == FAST_RETRIES
+    return FAST_RETRIES
 
 
 @pytest.fixture(scope="module")

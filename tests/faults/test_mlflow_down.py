@@ -17,26 +17,15 @@ from mlflow.tracking import MlflowClient
 
 from neuroq.checkpoint import load_checkpoint, verify_checkpoint
 from pipelines import steps
-from pipelines.tracking import RETRY_ENV, RetryPolicy, TrackingUnavailableError
+from pipelines.tracking import TrackingUnavailableError
 from serving.promotion import CHALLENGER, CHAMPION
 from tests.faults.conftest import aliases, file_hashes, seed_registry, step_params
 from tests.support.mlflow_server import MlflowServer, mlflow_server
 from tests.support.s3server import SeaweedS3
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fast_retries")]
 
 BUCKET = "mlflow"
-# Three quick attempts per request: the policy's shape, at a test's pace (the defaults take ~15 s to give up).
-FAST_RETRIES = RetryPolicy(max_retries=2, backoff_factor=0, backoff_jitter=0, timeout_s=10)
-
-
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> RetryPolicy:
-    """Through the environment, as an operator would set it; monkeypatch restores the variables afterwards."""
-    for field, name in RETRY_ENV.items():
-        monkeypatch.setenv(name, str(getattr(FAST_RETRIES, field)))
-    assert RetryPolicy.from_env() == FAST_RETRIES
-    return FAST_RETRIES
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -63,7 +64,7 @@ def test_s3_then_the_tracking_server_down_at_register_fail_clearly_and_fast_and_
         return steps.register(params, run, str(trained), str(val_dir), evaluation=evaluation, train_digest="t")
 
     # 1. The S3 store behind the server is down: the model upload fails; the server records the failure.
-    s3.stop()
+    s3.stop(keep_data=True)
     with pytest.raises(TrackingUnavailableError) as failure:
         register()
 
@@ -93,11 +94,11 @@ def test_s3_then_the_tracking_server_down_at_register_fail_clearly_and_fast_and_
     assert verify_checkpoint(trained)["files"].keys() == {"model.safetensors", "tokenizer.model"}
     assert load_checkpoint(trained).model.num_params() > 0
 
-    # 3. Both back. SeaweedS3 cannot start again on its old data: an empty store on a new port stands in for S3
-    # coming back (the champion's files stay behind with the old one; the promotion reads only its stored score).
+    # 3. Both back, S3 with everything it held: the versions registered before the outage still load.
     s3.start()
-    server.restart(env=s3.env())
+    server.restart()
     assert aliases(client, name) == before and len(client.search_model_versions(f"name = '{name}'")) == 2
+    assert mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}").predict({"prompt": "x"})["choices"]
 
     decision = register()
 

@@ -30,3 +30,18 @@ def test_env_points_boto3_in_a_subprocess_at_the_server(s3_server):
     done = subprocess.run([sys.executable, "-c", code], env={**s3_server.env(), "PATH": ""}, capture_output=True,
                           text=True, timeout=60)
     assert done.stdout.strip() == "from env", done.stderr
+
+
+def test_a_restart_keeps_the_endpoint_and_every_object_and_a_plain_stop_throws_the_data_away():
+    from tests.support.s3server import SeaweedS3
+
+    with SeaweedS3(buckets=("kept",)) as s3:
+        body = bytes(range(256)) * 4096  # 1 MiB, so the object lives in a volume, not inline in the filer
+        s3.client().put_object(Bucket="kept", Key="model/weights.bin", Body=body)
+        endpoint, data_dir = s3.endpoint_url, s3.data_dir
+
+        s3.restart()
+
+        assert s3.endpoint_url == endpoint
+        assert s3.client().get_object(Bucket="kept", Key="model/weights.bin")["Body"].read() == body
+    assert data_dir is not None and not data_dir.exists()

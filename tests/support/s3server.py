@@ -8,6 +8,9 @@
 Everything listens on 127.0.0.1 on free ports (weed mini also opens master, volume, filer and admin ports and
 their gRPC twins; each gets its own free port, so several servers, e.g. two test sessions, can run at once),
 and data lives in a temporary folder removed on stop. Startup takes about a second; stop a few seconds.
+
+An outage that S3 recovers from: `stop(keep_data=True)` then `start()` (or `restart()`) brings the same server
+back on the same ports with every object it held.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +76,7 @@ class SeaweedS3:
         self.data_dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._ports: list[int] = []
+        self._kept_volumes: set[int] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -82,12 +87,17 @@ class SeaweedS3:
         self.stop()
 
     def start(self) -> SeaweedS3:
+        """Start a new, empty server; or, after `stop(keep_data=True)`, the same one again with its data."""
         if self._process is not None:
             raise RuntimeError("SeaweedS3 is already running")
-        self.data_dir = Path(tempfile.mkdtemp(prefix="neuroq-seaweedfs-"))
-        (self.data_dir / "data").mkdir()
-        (self.data_dir / "s3.json").write_text(json.dumps(self._identities()), encoding="utf-8")
-        ports = self._ports = _free_ports(10)
+        resumed = self.data_dir is not None
+        if not resumed:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="neuroq-seaweedfs-"))
+            (self.data_dir / "data").mkdir()
+            (self.data_dir / "s3.json").write_text(json.dumps(self._identities()), encoding="utf-8")
+            self._ports = _free_ports(10)
+        assert self.data_dir is not None
+        ports = self._ports
         self.endpoint_url = f"http://127.0.0.1:{ports[0]}"
         command = [
             weed_binary(), "mini", f"-dir={self.data_dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -100,19 +110,27 @@ class SeaweedS3:
             f"-filer.localSocket={self.data_dir / 'filer.sock'}", f"-s3.localSocket={self.data_dir / 's3.sock'}",
         ]
         env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
-        self._log = (self.data_dir / "weed.log").open("wb")
+        self._log = (self.data_dir / "weed.log").open("ab")
         self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         atexit.register(self.stop)
         try:
             self._wait_until_ready()
-            client = self.client()
-            for bucket in dict.fromkeys(self.buckets + self.public_read_buckets):
-                client.create_bucket(Bucket=bucket)
+            if resumed:
+                self._wait_for_volumes(self._kept_volumes)
+            else:
+                client = self.client()
+                for bucket in dict.fromkeys(self.buckets + self.public_read_buckets):
+                    client.create_bucket(Bucket=bucket)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def restart(self) -> SeaweedS3:
+        """Stop and start again with the same ports and data: S3 back after an outage, nothing lost."""
+        self.stop(keep_data=True)
+        return self.start()
 
     def _identities(self) -> dict[str, Any]:
         admin = {"name": "admin", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
@@ -139,14 +157,31 @@ class SeaweedS3:
         raise RuntimeError(f"S3 at {self.endpoint_url} did not answer within {self.startup_timeout}s "
                            f"({last_error}):\n{self.log_tail()}")
 
-    def stop(self) -> None:
-        """Stop the server and delete its data; safe to call twice.
+    def _volume_ids(self) -> set[int]:
+        """The volumes the master knows: a volume server registers its volumes a moment after it starts."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self._ports[2]}/vol/status", timeout=2) as response:
+            status = json.load(response)
+        racks = status["Volumes"].get("DataCenters", {}).values()
+        return {volume["Id"] for rack in racks for nodes in rack.values() for node in nodes.values() for volume in node}
+
+    def _wait_for_volumes(self, volume_ids: set[int]) -> None:
+        # S3 answers before the volumes holding the old objects are back; reads fail until they are.
+        deadline = time.monotonic() + self.startup_timeout
+        while not volume_ids <= self._volume_ids():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"weed mini restarted without volumes {sorted(volume_ids)}:\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def stop(self, *, keep_data: bool = False) -> None:
+        """Stop the server and delete its data (kept for `start()` with `keep_data`); safe to call twice.
 
         SIGTERM first; weed's graceful shutdown waits for idle keep-alive connections (boto3 clients still alive
-        in the test process hold some), so after ``stop_timeout`` seconds the process group is killed: the data
-        is thrown away anyway.
+        in the test process hold some), so after ``stop_timeout`` seconds the process group is killed: every
+        write it acknowledged is already on disk.
         """
         process, self._process = self._process, None
+        if keep_data and process is not None:
+            self._kept_volumes = self._volume_ids()
         if process is not None:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -161,7 +196,7 @@ class SeaweedS3:
             for port in self._ports:
                 for socket_file in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                     socket_file.unlink(missing_ok=True)
-        if self.data_dir is not None:
+        if self.data_dir is not None and not keep_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self.data_dir = None
 

@@ -87,6 +87,12 @@ class PipelineParams:
     # CPU threads torch may use in the train, evaluate and register steps; 0 keeps torch's default (one per core).
     # Tiny models train several times faster on one thread than on two contended ones.
     num_threads: int = 0
+    # Where train_neuroq keeps its training checkpoint so that a retried or rerun step resumes from it instead of
+    # training again (a preempted node, MLflow down at the end): a folder that outlives the step's pod, e.g. a
+    # PersistentVolumeClaim (`python -m pipelines.run compile --checkpoint-pvc NAME` mounts one and makes its
+    # mount this default). Empty: scratch beside the step's output, and a retry starts from step 0.
+    checkpoint_dir: str = ""
+    ckpt_interval: int = 100  # steps between those checkpoints, and one at the end (only with a checkpoint_dir)
     # --- evaluation and registry ------------------------------------------------------------------------
     sample_prompts: str = "こんにちは|今日はいい天気ですね|あなたは誰ですか"  # "|"-separated chat turns
     sample_max_new_tokens: int = 48
@@ -102,7 +108,8 @@ class PipelineParams:
             )
         if "huggingface" in self.sources and not self.hf_path:
             raise ConfigError("data_sources includes huggingface but hf_path is empty: name a dataset or a local path")
-        for name in ("hf_max_records", "cc_max_records", "cc_max_files", "epochs", "num_threads", "gpus"):
+        for name in ("hf_max_records", "cc_max_records", "cc_max_files", "epochs", "num_threads", "gpus",
+                     "ckpt_interval"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.prompts:
@@ -200,7 +207,9 @@ class PipelineParams:
             lr=self.learning_rate,
             warmup_steps=min(self.warmup_steps, max(0, max_steps - 1)),
             eval_interval=self.eval_interval,
-            ckpt_interval=0,
+            # Without a checkpoint_dir the checkpoints would go to scratch that a retry does not see: only cost.
+            ckpt_interval=self.ckpt_interval if self.checkpoint_dir else 0,
+            resume=bool(self.checkpoint_dir),
             log_interval=max(1, min(10, max_steps // 20 or 1)),
             seed=self.seed,
             device=self.device,

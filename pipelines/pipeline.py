@@ -10,6 +10,9 @@ opens the parent MLflow run, later steps log into child runs of it. Run it local
 with `python -m pipelines.run {local,compile,submit}`.
 """
 
+import dataclasses
+from typing import Any
+
 from kfp import dsl, kubernetes
 
 from components import DEFAULT_IMAGE
@@ -21,12 +24,14 @@ from pipelines.params import PipelineParams
 
 __all__ = [
     "CC_KNOBS",
+    "CHECKPOINT_MOUNT",
     "HF_KNOBS",
     "PIPELINE_NAME",
     "RUN_PARAMETERS",
     "TRAIN_RESOURCES",
     "TRAIN_RETRIES",
     "TRAIN_SHM_VOLUME",
+    "build_pipeline",
     "neuroq_pipeline",
 ]
 
@@ -53,100 +58,121 @@ TRAIN_RETRIES = 2
 # NCCL's intra-node transport lives in /dev/shm, which a container gets only 64 MB of by default: too small for
 # several GPUs in one pod. A memory-backed emptyDir replaces it (it counts against the memory limit).
 TRAIN_SHM_VOLUME = "dshm"
+# Where `build_pipeline(checkpoint_pvc=...)` mounts the claim that keeps train_neuroq's checkpoints across retries.
+CHECKPOINT_MOUNT = "/mnt/neuroq-checkpoints"
+_KNOBS = frozenset(field.name for field in dataclasses.fields(PipelineParams))
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="Ingest Japanese text, train a tokenizer and NeuroQ, evaluate, register.")
-def neuroq_pipeline(
-    data_sources: str = _D.data_sources,
-    hf_path: str = _D.hf_path,
-    hf_name: str = _D.hf_name,
-    hf_split: str = _D.hf_split,
-    hf_text_column: str = _D.hf_text_column,
-    hf_template: str = _D.hf_template,
-    hf_max_records: int = _D.hf_max_records,
-    hf_streaming: bool = _D.hf_streaming,
-    cc_crawl_id: str = _D.cc_crawl_id,
-    cc_endpoint_url: str = _D.cc_endpoint_url,
-    cc_bucket: str = _D.cc_bucket,
-    cc_anonymous: bool = _D.cc_anonymous,
-    cc_max_records: int = _D.cc_max_records,
-    cc_max_files: int = _D.cc_max_files,
-    near_dedup: bool = _D.near_dedup,
-    dedup_threshold: float = _D.dedup_threshold,
-    val_fraction: float = _D.val_fraction,
-    vocab_size: int = _D.vocab_size,
-    mode: str = _D.mode,
-    n_embd: int = _D.n_embd,
-    n_ff: int = _D.n_ff,
-    n_head: int = _D.n_head,
-    n_layer: int = _D.n_layer,
-    seq_length: int = _D.seq_length,
-    dropout: float = _D.dropout,
-    max_steps: int = _D.max_steps,
-    epochs: int = _D.epochs,
-    batch_size: int = _D.batch_size,
-    learning_rate: float = _D.learning_rate,
-    warmup_steps: int = _D.warmup_steps,
-    eval_interval: int = _D.eval_interval,
-    seed: int = _D.seed,
-    device: str = _D.device,
-    gpus: int = _D.gpus,
-    num_threads: int = _D.num_threads,
-    sample_prompts: str = _D.sample_prompts,
-    sample_max_new_tokens: int = _D.sample_max_new_tokens,
-    experiment_name: str = _D.experiment_name,
-    registered_model_name: str = _D.registered_model_name,
-    min_improvement: float = _D.min_improvement,
-    tracking_uri: str = "",
-    run_name: str = "",
-    parent_run_id: str = "",
-    image: str = DEFAULT_IMAGE,
-) -> str:
-    knobs = {name: value for name, value in locals().items() if name not in RUN_PARAMETERS}
+def build_pipeline(checkpoint_pvc: str = "") -> Any:
+    """The pipeline; with `checkpoint_pvc`, train_neuroq mounts that PersistentVolumeClaim at CHECKPOINT_MOUNT and
+    `checkpoint_dir` defaults to it, so a retried train task resumes from its last checkpoint (a compile-time
+    choice: a pod spec cannot mount a claim whose name is empty)."""
 
-    start = start_run(params=knobs, tracking_uri=tracking_uri, run_name=run_name, parent_run_id=parent_run_id)
-    start.set_caching_options(False)  # it creates a new MLflow run every time
-    params, run = start.outputs["params"], start.outputs["run"]
+    @dsl.pipeline(name=PIPELINE_NAME,
+                  description="Ingest Japanese text, train a tokenizer and NeuroQ, evaluate, register.")
+    def neuroq_pipeline(
+        data_sources: str = _D.data_sources,
+        hf_path: str = _D.hf_path,
+        hf_name: str = _D.hf_name,
+        hf_split: str = _D.hf_split,
+        hf_text_column: str = _D.hf_text_column,
+        hf_template: str = _D.hf_template,
+        hf_max_records: int = _D.hf_max_records,
+        hf_streaming: bool = _D.hf_streaming,
+        cc_crawl_id: str = _D.cc_crawl_id,
+        cc_endpoint_url: str = _D.cc_endpoint_url,
+        cc_bucket: str = _D.cc_bucket,
+        cc_anonymous: bool = _D.cc_anonymous,
+        cc_max_records: int = _D.cc_max_records,
+        cc_max_files: int = _D.cc_max_files,
+        near_dedup: bool = _D.near_dedup,
+        dedup_threshold: float = _D.dedup_threshold,
+        val_fraction: float = _D.val_fraction,
+        vocab_size: int = _D.vocab_size,
+        mode: str = _D.mode,
+        n_embd: int = _D.n_embd,
+        n_ff: int = _D.n_ff,
+        n_head: int = _D.n_head,
+        n_layer: int = _D.n_layer,
+        seq_length: int = _D.seq_length,
+        dropout: float = _D.dropout,
+        max_steps: int = _D.max_steps,
+        epochs: int = _D.epochs,
+        batch_size: int = _D.batch_size,
+        learning_rate: float = _D.learning_rate,
+        warmup_steps: int = _D.warmup_steps,
+        eval_interval: int = _D.eval_interval,
+        seed: int = _D.seed,
+        device: str = _D.device,
+        gpus: int = _D.gpus,
+        num_threads: int = _D.num_threads,
+        checkpoint_dir: str = CHECKPOINT_MOUNT if checkpoint_pvc else _D.checkpoint_dir,
+        ckpt_interval: int = _D.ckpt_interval,
+        sample_prompts: str = _D.sample_prompts,
+        sample_max_new_tokens: int = _D.sample_max_new_tokens,
+        experiment_name: str = _D.experiment_name,
+        registered_model_name: str = _D.registered_model_name,
+        min_improvement: float = _D.min_improvement,
+        tracking_uri: str = "",
+        run_name: str = "",
+        parent_run_id: str = "",
+        image: str = DEFAULT_IMAGE,
+    ) -> str:
+        # By name: locals() here also holds the factory's variables that the body uses.
+        knobs = {name: value for name, value in locals().items() if name in _KNOBS}
 
-    hf = ingest_hf(params={name: knobs[name] for name in HF_KNOBS}).after(start)
-    cc = ingest_common_crawl(params={name: knobs[name] for name in CC_KNOBS}).after(start)
-    for ingest in (hf, cc):
-        ingest.set_caching_options(True)
-        ingest.set_retry(num_retries=3, backoff_duration="30s")  # remote sources fail transiently
+        start = start_run(params=knobs, tracking_uri=tracking_uri, run_name=run_name, parent_run_id=parent_run_id)
+        start.set_caching_options(False)  # it creates a new MLflow run every time
+        params, run = start.outputs["params"], start.outputs["run"]
 
-    split = merge_dedup_split(params=params, run=run, hf_data=hf.outputs["data"], cc_data=cc.outputs["data"])
-    tok = train_tokenizer(params=params, run=run, train_data=split.outputs["train_data"])
-    trained = train_neuroq(
-        params=params,
-        run=run,
-        train_data=split.outputs["train_data"],
-        val_data=split.outputs["val_data"],
-        tokenizer=tok.outputs["tokenizer"],
-    )
-    (
-        trained.set_accelerator_type(TRAIN_RESOURCES["accelerator_type"])
-        .set_accelerator_limit(gpus)
-        .set_cpu_limit(TRAIN_RESOURCES["cpu_limit"])
-        .set_memory_limit(TRAIN_RESOURCES["memory_limit"])
-        # A preempted GPU node is the usual failure; each attempt opens a fresh child run under the same parent.
-        .set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s")
-    )
-    kubernetes.empty_dir_mount(trained, volume_name=TRAIN_SHM_VOLUME, mount_path="/dev/shm", medium="Memory")
-    # GPU node pools are commonly tainted so that only pods asking for GPUs land there.
-    kubernetes.add_toleration(trained, key=TRAIN_RESOURCES["accelerator_type"], operator="Exists", effect="NoSchedule")
-    scored = evaluate(params=params, run=run, model=trained.outputs["model"], val_data=split.outputs["val_data"])
-    registered = register(
-        params=params,
-        run=run,
-        model=trained.outputs["model"],
-        train_data=split.outputs["train_data"],
-        val_data=split.outputs["val_data"],
-        metrics=scored.outputs["metrics"],
-    )
-    # Every step past the ingest writes to MLflow under this run's parent: a cache hit would skip that logging
-    # (and the registration) while reporting success, so those steps always run.
-    for task in (split, tok, trained, scored, registered):
-        task.set_caching_options(False)
-    for task in (start, hf, cc, split, tok, trained, scored, registered):
-        task.set_container_image(image)
-    return registered.output
+        hf = ingest_hf(params={name: knobs[name] for name in HF_KNOBS}).after(start)
+        cc = ingest_common_crawl(params={name: knobs[name] for name in CC_KNOBS}).after(start)
+        for ingest in (hf, cc):
+            ingest.set_caching_options(True)
+            ingest.set_retry(num_retries=3, backoff_duration="30s")  # remote sources fail transiently
+
+        split = merge_dedup_split(params=params, run=run, hf_data=hf.outputs["data"], cc_data=cc.outputs["data"])
+        tok = train_tokenizer(params=params, run=run, train_data=split.outputs["train_data"])
+        trained = train_neuroq(
+            params=params,
+            run=run,
+            train_data=split.outputs["train_data"],
+            val_data=split.outputs["val_data"],
+            tokenizer=tok.outputs["tokenizer"],
+        )
+        (
+            trained.set_accelerator_type(TRAIN_RESOURCES["accelerator_type"])
+            .set_accelerator_limit(gpus)
+            .set_cpu_limit(TRAIN_RESOURCES["cpu_limit"])
+            .set_memory_limit(TRAIN_RESOURCES["memory_limit"])
+            # A preempted GPU node is the usual failure; each attempt opens a fresh child run under the same
+            # parent, and resumes from the last checkpoint when the pipeline has a checkpoint_dir.
+            .set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s")
+        )
+        kubernetes.empty_dir_mount(trained, volume_name=TRAIN_SHM_VOLUME, mount_path="/dev/shm", medium="Memory")
+        # GPU node pools are commonly tainted so that only pods asking for GPUs land there.
+        kubernetes.add_toleration(trained, key=TRAIN_RESOURCES["accelerator_type"], operator="Exists",
+                                  effect="NoSchedule")
+        if checkpoint_pvc:
+            kubernetes.mount_pvc(trained, pvc_name=checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
+        scored = evaluate(params=params, run=run, model=trained.outputs["model"], val_data=split.outputs["val_data"])
+        registered = register(
+            params=params,
+            run=run,
+            model=trained.outputs["model"],
+            train_data=split.outputs["train_data"],
+            val_data=split.outputs["val_data"],
+            metrics=scored.outputs["metrics"],
+        )
+        # Every step past the ingest writes to MLflow under this run's parent: a cache hit would skip that logging
+        # (and the registration) while reporting success, so those steps always run.
+        for task in (split, tok, trained, scored, registered):
+            task.set_caching_options(False)
+        for task in (start, hf, cc, split, tok, trained, scored, registered):
+            task.set_container_image(image)
+        return registered.output
+
+    return neuroq_pipeline
+
+
+neuroq_pipeline = build_pipeline()

@@ -76,31 +76,34 @@ def champion_samples(params: PipelineParams, tracking_uri: str = "") -> list[str
     return answers
 
 
-def compile_pipeline(out: str | os.PathLike[str]) -> Path:
+def compile_pipeline(out: str | os.PathLike[str], *, checkpoint_pvc: str = "") -> Path:
     from kfp import compiler
 
-    from pipelines.pipeline import neuroq_pipeline
+    from pipelines.pipeline import build_pipeline
 
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(neuroq_pipeline, package_path=str(path))
+    compiler.Compiler().compile(build_pipeline(checkpoint_pvc), package_path=str(path))
     return path
 
 
 def submit(
-    params: PipelineParams, *, host: str, tracking_uri: str, experiment: str, run_name: str, image: str
+    params: PipelineParams, *, host: str, tracking_uri: str, experiment: str, run_name: str, image: str,
+    checkpoint_pvc: str = "",
 ) -> Any:
     """Submit a run to a Kubeflow Pipelines host; the pods log to `tracking_uri` (an MLflow server)."""
     import kfp
 
-    from pipelines.pipeline import neuroq_pipeline
+    from pipelines.pipeline import CHECKPOINT_MOUNT, build_pipeline
 
     client = kfp.Client(host=host)
     arguments = {**params.to_dict(), "tracking_uri": tracking_uri, "run_name": run_name}
+    if checkpoint_pvc and not params.checkpoint_dir:
+        arguments["checkpoint_dir"] = CHECKPOINT_MOUNT
     if image:
         arguments["image"] = image
     return client.create_run_from_pipeline_func(
-        neuroq_pipeline, arguments=arguments, experiment_name=experiment, run_name=run_name or None
+        build_pipeline(checkpoint_pvc), arguments=arguments, experiment_name=experiment, run_name=run_name or None
     )
 
 
@@ -115,8 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     local_cmd.add_argument("--run-name", default="", help="name of the parent MLflow run")
     add_arguments(local_cmd)
 
+    pvc_help = ("an existing PersistentVolumeClaim mounted on the train task at /mnt/neuroq-checkpoints, which "
+                "becomes checkpoint_dir's default: a retried train task resumes from its last checkpoint there")
     compile_cmd = commands.add_parser("compile", help="compile the pipeline to KFP IR YAML")
     compile_cmd.add_argument("--out", default="pipeline.yaml")
+    compile_cmd.add_argument("--checkpoint-pvc", default="", metavar="NAME", help=pvc_help)
 
     submit_cmd = commands.add_parser("submit", help="submit a run to a Kubeflow Pipelines host")
     submit_cmd.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kfp.example.com/pipeline")
@@ -125,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit_cmd.add_argument("--run-name", default="")
     submit_cmd.add_argument("--image", default="", help="image with this project installed (default: the "
                             "pipeline's)")
+    submit_cmd.add_argument("--checkpoint-pvc", default="", metavar="NAME", help=pvc_help)
     add_arguments(submit_cmd)
     return parser
 
@@ -134,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "compile":
-            print(compile_pipeline(args.out))
+            print(compile_pipeline(args.out, checkpoint_pvc=args.checkpoint_pvc))
         elif args.command == "local":
             params = from_arguments(args)
             print(run_local(params, pipeline_root=args.pipeline_root, tracking_uri=args.tracking_uri,
@@ -144,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {line}")
         else:
             result = submit(from_arguments(args), host=args.host, tracking_uri=args.tracking_uri,
-                            experiment=args.experiment, run_name=args.run_name, image=args.image)
+                            experiment=args.experiment, run_name=args.run_name, image=args.image,
+                            checkpoint_pvc=args.checkpoint_pvc)
             print(f"submitted run {result.run_id}")
     except NeuroQError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -315,8 +315,9 @@ def train_neuroq(
     MLflow down during training does not stop it (`tracking.TrainingMetricsLogger` keeps the metrics until MLflow
     answers); still down once the weights are exported, the step fails naming them.
 
-    `out_dir` receives the exported checkpoint (weights, config, tokenizer); the token shards and the training
-    checkpoint live in a scratch folder beside it that is removed afterwards.
+    `out_dir` receives the exported checkpoint (weights, config, tokenizer); the token shards live in a scratch
+    folder beside it that is removed afterwards, and so does the training checkpoint unless `checkpoint_dir` is set:
+    then it lives there (see `_resume_dir`), the step resumes from it, and it is removed once the step succeeded.
     """
     from neuroq.data import PackedBlocks, read_texts, write_token_shards
     from neuroq.tokenizer import NeuroQTokenizer
@@ -333,10 +334,12 @@ def train_neuroq(
         config = params.train_config(
             str(scratch / "run"), vocab_size=tokenizer.vocab_size, n_train_blocks=len(train_blocks)
         )
+        if params.checkpoint_dir:
+            config = replace(config, out_dir=str(_resume_dir(params, config, train_dir, val_dir, tokenizer)))
         _log_config("train", config.to_dict())
         _log_split_inputs(train_dir, val_dir)
         mlflow.log_params({"train_blocks": len(train_blocks), "val_blocks": len(val_blocks),
-                           "train_processes": params.processes})
+                           "train_processes": params.processes, "resumed_from_step": _resume_step(config)})
 
         metrics_logger = tracking.TrainingMetricsLogger(run.tracking_uri, active.info.run_id)
         if params.processes > 1:
@@ -368,7 +371,46 @@ def train_neuroq(
             "best_val_loss": result.best_val_loss,
         }
         mlflow.log_metrics({key: float(value) for key, value in summary.items() if value is not None})
+        if params.checkpoint_dir:
+            shutil.rmtree(config.out_dir)  # kept until now so that a retry after any failure above resumes
         return summary
+
+
+def _resume_dir(params: PipelineParams, config: Any, train_dir: str, val_dir: str, tokenizer: Any) -> Path:
+    """The training's folder under `checkpoint_dir`, named by everything that decides its result.
+
+    The training config, the text of both splits, the tokenizer and the number of processes; a retry (or a rerun)
+    with the same inputs finds its own checkpoint there and resumes exactly (training is a function of these and
+    the step), while any change lands in another folder instead of resuming a checkpoint of something else.
+    """
+    from neuroq.data import read_texts
+
+    identity = {
+        "train_config": {**config.to_dict(), "out_dir": None},
+        "train_text": text_digest(read_texts(train_dir)),
+        "val_text": text_digest(read_texts(val_dir)),
+        "tokenizer": tokenizer.sha256,
+        "processes": params.processes,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    return Path(params.checkpoint_dir).resolve() / f"train_neuroq-{key}"
+
+
+def _resume_step(config: Any) -> int:
+    """The step a resumed training starts from: that of `out_dir/last` (after undoing a save the previous attempt
+    was killed in, as the trainer would), or 0."""
+    from neuroq.checkpoint import read_checkpoint_config, recover_interrupted_save
+    from neuroq.errors import CheckpointError
+    from neuroq.train import LAST_CHECKPOINT
+
+    if not config.resume:
+        return 0
+    last = Path(config.out_dir) / LAST_CHECKPOINT
+    recover_interrupted_save(last)
+    try:
+        return int(read_checkpoint_config(last)["extra"]["step"])
+    except (CheckpointError, KeyError):
+        return 0  # none yet, or one the trainer will refuse with its own error
 
 
 def _log_split_inputs(train_dir: str, val_dir: str) -> None:

@@ -1,16 +1,26 @@
-"""The compiled pipeline: the train task asks a cluster for `gpus` GPUs in a pod fit for NCCL, and every knob
-is a pipeline parameter."""
+"""The compiled pipeline: the train task asks a cluster for `gpus` GPUs in a pod fit for NCCL (and, compiled with
+a checkpoint claim, mounts it), and every knob is a pipeline parameter."""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+from pathlib import Path
 
 import yaml
 
 from pipelines.params import PipelineParams
-from pipelines.pipeline import RUN_PARAMETERS, TRAIN_RESOURCES, TRAIN_RETRIES, TRAIN_SHM_VOLUME, neuroq_pipeline
+from pipelines.pipeline import (
+    CHECKPOINT_MOUNT,
+    RUN_PARAMETERS,
+    TRAIN_RESOURCES,
+    TRAIN_RETRIES,
+    TRAIN_SHM_VOLUME,
+    neuroq_pipeline,
+)
 from pipelines.run import main
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_compiled_yaml_requests_gpus_cpu_and_memory_for_the_train_task(tmp_path):
@@ -51,3 +61,31 @@ def test_pipeline_parameters_are_exactly_the_params_fields_plus_run_settings():
     defaults = PipelineParams()
     for name in knobs:
         assert signature.parameters[name].default == getattr(defaults, name), name
+
+
+def test_a_checkpoint_pvc_is_mounted_on_the_train_task_alone_and_becomes_checkpoint_dirs_default(tmp_path):
+    plain, with_pvc = tmp_path / "plain.yaml", tmp_path / "pvc.yaml"
+    assert main(["compile", "--out", str(plain)]) == 0
+    assert main(["compile", "--out", str(with_pvc), "--checkpoint-pvc", "neuroq-checkpoints"]) == 0
+    spec, platform = yaml.safe_load_all(with_pvc.read_text())
+
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    mounts = {label: pod["pvcMount"] for label, pod in executors.items() if "pvcMount" in pod}
+    train_task = spec["root"]["dag"]["tasks"]["train-neuroq"]
+    train_label = spec["components"][train_task["componentRef"]["name"]]["executorLabel"]
+    assert list(mounts) == [train_label]
+    [mount] = mounts[train_label]
+    assert mount["mountPath"] == CHECKPOINT_MOUNT
+    assert mount["pvcNameParameter"]["runtimeValue"]["constant"] == "neuroq-checkpoints"
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert parameters["checkpoint_dir"]["defaultValue"] == CHECKPOINT_MOUNT
+    # Without the option: no claim, and checkpoints stay scratch (a claim with an empty name cannot be mounted).
+    plain_spec, plain_platform = yaml.safe_load_all(plain.read_text())
+    assert "pvcMount" not in str(plain_platform)
+    assert plain_spec["root"]["inputDefinitions"]["parameters"]["checkpoint_dir"]["defaultValue"] == ""
+
+
+def test_the_claim_deploy_k8s_creates_is_the_one_the_docs_compile_with():
+    [claim] = yaml.safe_load_all((REPO / "deploy" / "k8s" / "pipeline" / "checkpoints-pvc.yaml").read_text())
+    assert claim["kind"] == "PersistentVolumeClaim"
+    assert f"--checkpoint-pvc {claim['metadata']['name']}" in (REPO / "docs" / "deploy.md").read_text()

@@ -65,17 +65,19 @@ def start(params: PipelineParams, *, tracking_uri: str = "", run_name: str = "",
     return RunRef(uri, tracking.start_pipeline_run(uri, params.experiment_name, run_name, params.to_dict(), tags))
 
 
-def _step(run: RunRef, params: PipelineParams, name: str, *, weights: str = ""):
-    """The step's MLflow run; `weights` is a checkpoint the step reads or writes, named if MLflow goes down."""
+def _step(run: RunRef, params: PipelineParams, name: str, *, weights: str = "",
+          rerun: str = "rerun this step once MLflow answers again, without retraining"):
+    """The step's MLflow run; `weights` is a checkpoint the step reads or writes, named if MLflow goes down, with
+    `rerun`, what to do about it."""
     if params.num_threads:
         import torch
 
         torch.set_num_threads(params.num_threads)
-    kept = (lambda: _weights_kept(weights)) if weights else None
+    kept = (lambda: _weights_kept(weights, rerun)) if weights else None
     return tracking.step_run(run.tracking_uri, run.parent_run_id, name, params.experiment_name, kept=kept)
 
 
-def _weights_kept(checkpoint_dir: str) -> str:
+def _weights_kept(checkpoint_dir: str, rerun: str) -> str:
     """What to tell whoever reads a "MLflow is down" error about the trained weights (checked now, not assumed)."""
     from neuroq.checkpoint import verify_checkpoint
     from neuroq.errors import CheckpointError
@@ -87,7 +89,7 @@ def _weights_kept(checkpoint_dir: str) -> str:
     except CheckpointError as error:
         return f"The checkpoint at {checkpoint_dir} does not verify either: {error}"
     return (f"The trained weights are intact in {checkpoint_dir} (every file matches the sha256 in its config.json), "
-            "the train_neuroq step's output artifact: rerun this step once MLflow answers again, without retraining.")
+            f"the train_neuroq step's output artifact: {rerun}.")
 
 
 def _log_config(prefix: str, config: Mapping[str, Any]) -> None:
@@ -325,7 +327,12 @@ def train_neuroq(
 
     out = Path(out_dir)
     scratch = out.with_name(out.name + ".work")
-    with _step(run, params, "train_neuroq", weights=out_dir) as active:
+    # A failed task publishes no output artifact on a cluster: the checkpoint_dir copy is what a retry gets back.
+    rerun = (f"a retry of this step resumes from its training checkpoint under {params.checkpoint_dir}, without "
+             "training again" if params.checkpoint_dir else
+             "a retry of this step trains again (with a checkpoint_dir it would resume), or run evaluate and "
+             "register on this folder")
+    with _step(run, params, "train_neuroq", weights=out_dir, rerun=rerun) as active:
         tokenizer = NeuroQTokenizer.load(tokenizer_path)
         write_token_shards(read_texts(train_dir), tokenizer, scratch / "tokens" / "train")
         write_token_shards(read_texts(val_dir), tokenizer, scratch / "tokens" / "validation")

@@ -110,6 +110,8 @@ def test_the_server_still_down_when_training_ends_fails_the_step_after_the_weigh
     # From step 10 on: the kill comes in the callback just before the step's own logger sees step 10.
     assert re.search(r" \d+ training metric values \(steps 10-40\) could not be logged to run \w+\.", message)
     assert f"The trained weights are intact in {out} (every file matches the sha256" in message
+    assert message.endswith("a retry of this step trains again (with a checkpoint_dir it would resume), or run "
+                            "evaluate and register on this folder.")
     assert verify_checkpoint(out)["files"].keys() == {"model.safetensors", "tokenizer.model"}
     assert load_checkpoint(out).extra["step"] == STEPS
 

@@ -102,17 +102,18 @@ def test_a_retried_step_resumes_from_the_last_checkpoint_and_ends_with_the_unint
     assert list(Path(prepared[0].checkpoint_dir).iterdir()) == []
 
 
-def test_a_step_that_failed_after_training_does_not_train_again(prepared, crash, monkeypatch):
+@pytest.mark.parametrize("gpus", [1, 2], ids=["in-process", "torchrun"])
+def test_a_step_that_failed_after_training_does_not_train_again(prepared, crash, monkeypatch, gpus):
     def plot_fails(history):
         raise ConnectionError("MLflow went away while the plot was uploaded")
 
     with monkeypatch.context() as patch:
         patch.setattr(tracking, "log_loss_curve", plot_fails)
         with pytest.raises(ConnectionError):
-            train_step(prepared, "model")
+            train_step(prepared, "model", gpus=gpus)
     first = weights_digest(prepared[2] / "model")
 
-    train_step(prepared, "model")
+    train_step(prepared, "model", gpus=gpus)
 
     _, retried = attempts(prepared)
     assert retried.data.params["resumed_from_step"] == str(STEPS)

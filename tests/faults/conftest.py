@@ -20,8 +20,8 @@ from pipelines.params import PipelineParams
 from pipelines.steps import text_digest
 from pipelines.tracking import RETRY_ENV, RetryPolicy
 from serving.promotion import CHALLENGER, CHAMPION, score_tag
-from tests.neuroq.test_train import blocks, corpus, tiny_config  # noqa: F401 (corpus is a fixture)
-from tests.pipeline.test_promotion import Constant
+from tests.support.pyfunc_models import Constant
+from tests.support.training import blocks, corpus, tiny_config  # noqa: F401 (corpus is a fixture)
 
 # A champion score no challenger can miss: the retry after a fault then moves both aliases.
 CHAMPION_BITS_PER_CHAR = 99.0

@@ -22,7 +22,7 @@ from neuroq.checkpoint import load_checkpoint, verify_checkpoint
 from neuroq.train import train
 from tests.conftest import REPO_ROOT
 from tests.faults.conftest import one_thread
-from tests.neuroq.test_train import blocks, tiny_config
+from tests.support.training import blocks, tiny_config
 
 pytestmark = pytest.mark.slow
 

@@ -8,48 +8,16 @@ import math
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
 from neuroq.checkpoint import load_checkpoint
-from neuroq.corpus import bundled_dialogues
-from neuroq.data import PackedBlocks, split_documents, write_token_shards
 from neuroq.errors import ConfigError
 from neuroq.evaluate import score_text, unigram_bits_per_char
 from neuroq.model import NeuroQConfig
-from neuroq.tokenizer import NeuroQTokenizer, TokenizerConfig
 from neuroq.train import StepBatchSampler, TrainConfig, get_lr, train
-
-
-
-BLOCK = 32
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> dict:
-    """The bundled dialogues split, tokenized and written as shards once for the whole module."""
-    root = tmp_path_factory.mktemp("corpus")
-    train_docs, val_docs = split_documents(bundled_dialogues(), val_fraction=0.1)
-    tokenizer = NeuroQTokenizer.train(train_docs, TokenizerConfig(vocab_size=1500, num_threads=1))
-    tokenizer.save(root / "tokenizer.model")
-    write_token_shards(train_docs, tokenizer, root / "train")
-    write_token_shards(val_docs, tokenizer, root / "val")
-    return {"root": root, "tokenizer": tokenizer, "train_docs": train_docs, "val_docs": val_docs}
-
-
-def blocks(corpus: dict, split: str, block_size: int = BLOCK) -> PackedBlocks:
-    return PackedBlocks(corpus["root"] / split, block_size)
-
-
-def tiny_config(corpus: dict, out_dir: Path, **overrides) -> TrainConfig:
-    model_overrides = overrides.pop("model", {})
-    model = NeuroQConfig.preset("tiny", **{"vocab_size": corpus["tokenizer"].vocab_size, "max_seq_len": BLOCK,
-                                           "dropout": 0.1, **model_overrides})
-    defaults = dict(model=model, out_dir=str(out_dir), max_steps=8, batch_size=4, warmup_steps=2, lr=3e-3,
-                    eval_interval=4, eval_batches=2, ckpt_interval=4, log_interval=1, progress=False, device="cpu")
-    return TrainConfig(**{**defaults, **overrides})
+from tests.support.training import BLOCK, blocks, corpus, tiny_config  # noqa: F401 (corpus is a fixture)
 
 
 class Recorder:

@@ -9,11 +9,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import steps
 from pipelines.params import PipelineParams
 from serving.promotion import CHALLENGER, CHAMPION, Evaluation, PromotionError, promote, score_tag
-
-
-class Constant(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
-        return {"choices": [{"text": "こんにちは"}]}
+from tests.support.pyfunc_models import Constant
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from serving.registry import RegisterConfig, Registered, register
 from tests.serving.helpers import MAX_SEQ_LENGTH
 from tests.serving.tiny_models import build_bi_encoder, build_cross_encoder
 from tests.support import fuzz
-from tests.support.mlflow_serve import ModelServer
+from tests.support.mlflow_serve import ModelServer, serve_all
 
 # Small limits so the limit errors are cheap to provoke.
 SERVER_LIMITS = {
@@ -85,17 +85,12 @@ class Servers:
 @pytest.fixture(scope="session")
 def servers(store, registered_embed, registered_rerank) -> Servers:
     """Both servers start together: each spends most of its start-up importing torch and mlflow."""
-    pending = [
-        ModelServer(f"models:/{r.name}@champion", store.tracking_uri, env=SERVER_LIMITS, log_dir=store.root)
-        for r in (registered_embed, registered_rerank)
-    ]
-    try:
-        for server in pending:
-            server.start()
-        yield Servers(*(server.wait_ready() for server in pending))
-    finally:
-        for server in pending:
-            server.stop()
+    pending = {
+        task: ModelServer(f"models:/{r.name}@champion", store.tracking_uri, env=SERVER_LIMITS, log_dir=store.root)
+        for task, r in (("embed", registered_embed), ("rerank", registered_rerank))
+    }
+    with serve_all(pending) as urls:
+        yield Servers(**urls)
 
 
 @pytest.fixture(scope="session")

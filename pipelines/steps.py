@@ -392,10 +392,14 @@ def _resume_dir(params: PipelineParams, config: Any, train_dir: str, val_dir: st
     """
     from neuroq.data import read_texts
 
+    def digest(folder: str) -> str:
+        # merge_dedup_split's manifest already holds it; a folder from elsewhere is read once more.
+        return str(_read_manifest(folder).get("digest") or text_digest(read_texts(folder)))
+
     identity = {
         "train_config": {**config.to_dict(), "out_dir": None},
-        "train_text": text_digest(read_texts(train_dir)),
-        "val_text": text_digest(read_texts(val_dir)),
+        "train_text": digest(train_dir),
+        "val_text": digest(val_dir),
         "tokenizer": tokenizer.sha256,
         "processes": params.processes,
     }

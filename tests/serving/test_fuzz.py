@@ -4,7 +4,6 @@ never a 5xx or a hang, /ping healthy afterwards, and every 4xx names the field (
 from __future__ import annotations
 
 import pytest
-import requests
 
 from serving.embeddings import FIELDS as EMBED_FIELDS
 from serving.rerank import FIELDS as RERANK_FIELDS
@@ -48,9 +47,7 @@ def test_bodies_that_are_not_json_objects_are_refused(servers, model, record_pro
 
 @pytest.mark.parametrize(("body", "content_type", "status", "says"), fuzz.mlflow_500s(EMBED_BODY, "dimensions"))
 def test_what_mlflow_itself_answered_with_500_is_refused_with_4xx(servers, body, content_type, status, says):
-    headers = {"Content-Type": content_type} if content_type else {}
-
-    response = requests.post(f"{servers.embed}/invocations", data=body, headers=headers, timeout=fuzz.TIMEOUT)
+    response = fuzz.post(servers.embed, body, content_type)
 
     assert response.status_code == status, response.text[:500]
     assert says in response.text
@@ -58,8 +55,7 @@ def test_what_mlflow_itself_answered_with_500_is_refused_with_4xx(servers, body,
 
 def test_a_megabytes_long_body_that_is_not_json_is_not_echoed_back(servers):
     # MLflow's own refusal quoted the whole body.
-    response = requests.post(f"{servers.embed}/invocations", data=b"x" * 5_000_000,
-                             headers={"Content-Type": "application/json"}, timeout=fuzz.TIMEOUT)
+    response = fuzz.post(servers.embed, b"x" * 5_000_000, "application/json")
 
     assert response.status_code == 400
     assert response.json()["message"] == "body: is not valid JSON: Expecting value at line 1 column 1"

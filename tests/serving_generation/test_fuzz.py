@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import requests
 
 from serving.generation import _CHAT_FIELDS, _COMPLETION_FIELDS, _LEGACY_GENERATE_FIELDS, _TRAINING_FIELDS
 from tests.support import fuzz
@@ -76,9 +75,7 @@ def test_generation_refuses_bodies_that_are_not_json_objects(served, record_prop
 
 @pytest.mark.parametrize(("body", "content_type", "status", "says"), fuzz.mlflow_500s(SHAPES[0].body, "max_tokens"))
 def test_what_mlflow_itself_answered_with_500_is_refused_with_4xx(served, body, content_type, status, says):
-    headers = {"Content-Type": content_type} if content_type else {}
-
-    response = requests.post(f"{served}/invocations", data=body, headers=headers, timeout=fuzz.TIMEOUT)
+    response = fuzz.post(served, body, content_type)
 
     assert response.status_code == status, response.text[:500]
     assert says in response.text

@@ -296,12 +296,17 @@ def mlflow_500s(body: dict, integer_field: str) -> list:
 # ---------------------------------------------------------------------------------------------- properties
 
 
+def post(url: str, body: bytes, content_type: str | None) -> requests.Response:
+    """POST `body` to the server's /invocations, with no Content-Type header at all when `content_type` is None."""
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    return requests.post(f"{url}/invocations", data=body, headers=headers, timeout=TIMEOUT)
+
+
 def check(url: str, case: Case, outcomes: Counter) -> None:
     """Send `case` to the server at `url` and assert the properties; counts the outcome in `outcomes`."""
-    headers = {} if case.content_type is None else {"Content-Type": case.content_type}
     where = f"[{case.shape}] {case.description}"
     try:
-        response = requests.post(f"{url}/invocations", data=case.body, headers=headers, timeout=TIMEOUT)
+        response = post(url, case.body, case.content_type)
     except requests.Timeout:
         raise AssertionError(f"{where}: no answer within {TIMEOUT:.0f} s") from None
     outcomes[f"{response.status_code // 100}xx"] += 1

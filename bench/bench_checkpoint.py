@@ -23,6 +23,7 @@ from neuroq.checkpoint import load_checkpoint, save_checkpoint
 from neuroq.corpus import bundled_dialogues
 from neuroq.model import NeuroQ, NeuroQConfig
 from neuroq.tokenizer import NeuroQTokenizer, TokenizerConfig
+from neuroq.train import training_state
 
 # (label, n_embd, n_ff, n_head, n_layer): the pipeline's default, the spec's layered default, and a larger one.
 SIZES = (
@@ -32,14 +33,13 @@ SIZES = (
 )
 
 
-def training_state(model: NeuroQ) -> dict:
+def state_after_one_step(model: NeuroQ) -> dict:
     """The state `neuroq.train` saves, after one optimizer step so that AdamW's moments exist."""
     optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
     ids = torch.randint(0, model.config.vocab_size, (2, 16))
     model(ids, targets=ids).loss.backward()
     optimizer.step()
-    return {"step": 1, "tokens_seen": 32, "best_val_loss": 1.0, "optimizer": optimizer.state_dict(),
-            "rng": {"cpu": torch.get_rng_state(), "cuda": []}}
+    return training_state(optimizer, step=1, tokens_seen=ids.numel(), best_val=1.0)
 
 
 def measure(root: Path, tokenizer: NeuroQTokenizer, label: str, n_embd: int, n_ff: int, n_head: int, n_layer: int,
@@ -47,7 +47,7 @@ def measure(root: Path, tokenizer: NeuroQTokenizer, label: str, n_embd: int, n_f
     torch.manual_seed(0)
     model = NeuroQ(NeuroQConfig(vocab_size=tokenizer.vocab_size, n_embd=n_embd, n_ff=n_ff, n_head=n_head,
                                 n_layer=n_layer, max_seq_len=256))
-    state = training_state(model)
+    state = state_after_one_step(model)
     path = root / label.replace(" ", "-")
     saves, loads = [], []
     for _ in range(repeats):

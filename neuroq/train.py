@@ -38,7 +38,7 @@ from neuroq.model import NeuroQ, NeuroQConfig
 if TYPE_CHECKING:
     from neuroq.tokenizer import NeuroQTokenizer
 
-__all__ = ["MetricsCallback", "StepBatchSampler", "TrainConfig", "TrainResult", "get_lr", "train"]
+__all__ = ["MetricsCallback", "StepBatchSampler", "TrainConfig", "TrainResult", "get_lr", "train", "training_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -504,10 +504,9 @@ def _extra(cfg: TrainConfig, step: int, tokens_seen: int, best_val: float, val_l
     }
 
 
-def _save_training_checkpoint(path: Path, model: NeuroQ, optimizer: torch.optim.Optimizer,
-                              tokenizer: NeuroQTokenizer, cfg: TrainConfig, step: int, tokens_seen: int,
-                              best_val: float, val_loss: float | None) -> None:
-    state = {
+def training_state(optimizer: torch.optim.Optimizer, step: int, tokens_seen: int, best_val: float) -> dict[str, Any]:
+    """What a training checkpoint holds besides the weights: enough to resume exactly (see `_restore`)."""
+    return {
         "step": step,
         "tokens_seen": tokens_seen,
         "best_val_loss": best_val,
@@ -515,8 +514,13 @@ def _save_training_checkpoint(path: Path, model: NeuroQ, optimizer: torch.optim.
         "rng": {"cpu": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
-    save_checkpoint(path, model, tokenizer, training_state=state, extra=_extra(cfg, step, tokens_seen, best_val,
-                                                                                 val_loss))
+
+
+def _save_training_checkpoint(path: Path, model: NeuroQ, optimizer: torch.optim.Optimizer,
+                              tokenizer: NeuroQTokenizer, cfg: TrainConfig, step: int, tokens_seen: int,
+                              best_val: float, val_loss: float | None) -> None:
+    save_checkpoint(path, model, tokenizer, training_state=training_state(optimizer, step, tokens_seen, best_val),
+                    extra=_extra(cfg, step, tokens_seen, best_val, val_loss))
     logger.debug("checkpoint %s at step %d", path, step)
 
 

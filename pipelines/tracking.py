@@ -320,12 +320,12 @@ class TrainingMetricsLogger:
     """
 
     def __init__(self, tracking_uri: str, run_id: str, *, retry_interval_s: float = 30.0,
-                 attempt_timeout_s: int = 5, pending: Sequence[Metric] = ()) -> None:
+                 attempt_timeout_s: int = 5) -> None:
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self.retry_interval_s = retry_interval_s
         self.attempt_timeout_s = attempt_timeout_s
-        self.pending: list[Metric] = list(pending)
+        self.pending: list[Metric] = []
         self._down_since: float | None = None  # time.monotonic() of the first failed attempt of this outage
         self._next_try = 0.0
 
@@ -353,10 +353,9 @@ class TrainingMetricsLogger:
             self._down_since = None
 
     def flush(self) -> None:
-        """Send every queued metric under the full retry policy; `MetricsNotLoggedError` if MLflow still fails."""
+        """Send every queued metric under the step's retry policy; `MetricsNotLoggedError` if MLflow still fails."""
         try:
-            with RetryPolicy.from_env().applied():
-                self._send()
+            self._send()
         except Exception as error:
             if _unreachable_cause(error) is None:
                 raise

@@ -4,6 +4,7 @@ seeded with `@champion` and `@challenger` on two different versions, so "no alia
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,9 +16,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from neuroq.train import train
+import neuroq.train
+from neuroq.train import MetricsCallback, train
+from pipelines import steps
 from pipelines.params import PipelineParams
-from pipelines.steps import text_digest
+from pipelines.steps import RunRef, text_digest
 from pipelines.tracking import RETRY_ENV, RetryPolicy
 from serving.promotion import CHALLENGER, CHAMPION, score_tag
 from tests.support.pyfunc_models import Constant
@@ -113,3 +116,33 @@ def aliases(client: MlflowClient, name: str) -> dict[str, str]:
 
 def file_hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def train_neuroq_inputs(params: PipelineParams, tracking_uri: str, root: Path) -> tuple[PipelineParams, RunRef, Path]:
+    """The bundled corpus split and tokenized under `root`, in a pipeline parent run: what train_neuroq reads."""
+    steps.ingest_hf(params, str(root / "hf"))
+    run = steps.start(params, tracking_uri=tracking_uri)
+    steps.merge_dedup_split(params, run, [str(root / "hf")], str(root / "train"), str(root / "val"))
+    steps.train_tokenizer(params, run, str(root / "train"), str(root / "tokenizer.model"))
+    return params, run, root
+
+
+def run_train_neuroq(inputs: tuple[PipelineParams, RunRef, Path], name: str = "model", **changes) -> tuple[dict, Path]:
+    """The train_neuroq step as its KFP component calls it, on `inputs`, with `changes` to the params; its summary
+    and its output folder `root/name`."""
+    params, run, root = inputs
+    out = root / name
+    summary = steps.train_neuroq(dataclasses.replace(params, **changes), run, str(root / "train"), str(root / "val"),
+                                 str(root / "tokenizer.model"), str(out))
+    return summary, out
+
+
+def call_first_in_training(monkeypatch: pytest.MonkeyPatch, callback: MetricsCallback) -> None:
+    """Every `neuroq.train.train` calls `callback(metrics, step)` before its own callbacks: how a test times a fault
+    to a training step without hooks in the product."""
+    real_train = neuroq.train.train
+
+    def train(config, train_blocks, val_blocks, tokenizer, callbacks=()):
+        return real_train(config, train_blocks, val_blocks, tokenizer, callbacks=[callback, *callbacks])
+
+    monkeypatch.setattr(neuroq.train, "train", train)

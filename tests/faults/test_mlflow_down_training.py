@@ -8,7 +8,6 @@ callback put in front of the step's own, through a wrapper of `neuroq.train.trai
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +16,11 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-import neuroq.train
 from neuroq.checkpoint import load_checkpoint, verify_checkpoint
-from pipelines import distributed, steps
+from pipelines import distributed
 from pipelines.params import PipelineParams
 from pipelines.tracking import TrackingUnavailableError, TrainingMetricsLogger
+from tests.faults.conftest import call_first_in_training, run_train_neuroq, train_neuroq_inputs
 from tests.pipeline.conftest import TINY
 from tests.support.mlflow_server import MlflowServer, mlflow_server
 
@@ -39,37 +38,20 @@ def server(tmp_path: Path) -> Iterator[MlflowServer]:
 
 @pytest.fixture
 def prepared(server: MlflowServer, tmp_path: Path):
-    """The bundled corpus split and tokenized under a pipeline parent run on the server: train_neuroq's inputs."""
     params = PipelineParams(**{**TINY, "experiment_name": "faults-training"}, max_steps=STEPS)
-    steps.ingest_hf(params, str(tmp_path / "hf"))
-    run = steps.start(params, tracking_uri=server.url)
-    steps.merge_dedup_split(params, run, [str(tmp_path / "hf")], str(tmp_path / "train"), str(tmp_path / "val"))
-    steps.train_tokenizer(params, run, str(tmp_path / "train"), str(tmp_path / "tokenizer.model"))
-    return params, run, tmp_path
-
-
-def train_step(prepared, **changes) -> tuple[dict, Path]:
-    params, run, root = prepared
-    out = root / "model"
-    summary = steps.train_neuroq(dataclasses.replace(params, **changes), run, str(root / "train"), str(root / "val"),
-                                 str(root / "tokenizer.model"), str(out))
-    return summary, out
+    return train_neuroq_inputs(params, server.url, tmp_path)
 
 
 def outage(monkeypatch: pytest.MonkeyPatch, server: MlflowServer, *, down_at: int, back_at: int | None) -> None:
     """Kill the server when training reports step `down_at`, start it again at `back_at` (never with None)."""
-    real_train = neuroq.train.train
 
-    def train(config, train_blocks, val_blocks, tokenizer, callbacks=()):
-        def switch(metrics: dict[str, float], step: int) -> None:
-            if step == down_at:
-                server.kill()
-            elif step == back_at:
-                server.start()
+    def switch(metrics: dict[str, float], step: int) -> None:
+        if step == down_at:
+            server.kill()
+        elif step == back_at:
+            server.start()
 
-        return real_train(config, train_blocks, val_blocks, tokenizer, callbacks=[switch, *callbacks])
-
-    monkeypatch.setattr(neuroq.train, "train", train)
+    call_first_in_training(monkeypatch, switch)
 
 
 def train_run(client: MlflowClient, parent_run_id: str):
@@ -82,7 +64,7 @@ def train_run(client: MlflowClient, parent_run_id: str):
 def test_the_server_down_mid_training_neither_stops_it_nor_loses_a_metric(prepared, server, monkeypatch):
     outage(monkeypatch, server, down_at=10, back_at=30)
 
-    summary, out = train_step(prepared)
+    summary, out = run_train_neuroq(prepared)
 
     assert summary["steps"] == STEPS
     assert load_checkpoint(out).extra["step"] == STEPS
@@ -102,7 +84,7 @@ def test_the_server_still_down_when_training_ends_fails_the_step_after_the_weigh
     outage(monkeypatch, server, down_at=10, back_at=None)
 
     with pytest.raises(TrackingUnavailableError) as failure:
-        train_step(prepared)
+        run_train_neuroq(prepared)
 
     out = prepared[2] / "model"
     message = str(failure.value)
@@ -129,7 +111,7 @@ def test_the_metrics_torchrun_rank_0_could_not_log_are_sent_by_the_step(prepared
 
     monkeypatch.setattr(distributed, "launch", launch_during_outage)
 
-    summary, _ = train_step(prepared, gpus=2, batch_size=4)
+    summary, _ = run_train_neuroq(prepared, gpus=2, batch_size=4)
 
     client = MlflowClient(server.url)
     run = train_run(client, prepared[1].parent_run_id)

@@ -9,16 +9,15 @@ the step's own through a wrapper of `neuroq.train.train` (no hooks in the produc
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-import neuroq.train
-from pipelines import steps, tracking
+from pipelines import tracking
 from pipelines.params import PipelineParams
+from tests.faults.conftest import call_first_in_training, run_train_neuroq, train_neuroq_inputs
 from tests.pipeline.conftest import TINY
 
 pytestmark = pytest.mark.slow
@@ -34,40 +33,27 @@ class Preempted(RuntimeError):
 
 @pytest.fixture
 def prepared(tmp_path: Path):
-    """The bundled corpus split and tokenized under a pipeline parent run: train_neuroq's inputs."""
     params = PipelineParams(**{**TINY, "experiment_name": "resume"}, max_steps=STEPS,
                             checkpoint_dir=str(tmp_path / "checkpoints"), ckpt_interval=CKPT_INTERVAL)
-    steps.ingest_hf(params, str(tmp_path / "hf"))
-    run = steps.start(params, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    steps.merge_dedup_split(params, run, [str(tmp_path / "hf")], str(tmp_path / "train"), str(tmp_path / "val"))
-    steps.train_tokenizer(params, run, str(tmp_path / "train"), str(tmp_path / "tokenizer.model"))
-    return params, run, tmp_path
+    return train_neuroq_inputs(params, f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
 
 
 @pytest.fixture
 def crash(monkeypatch: pytest.MonkeyPatch) -> dict[str, int | None]:
     """`crash["at"] = step` makes the next training raise when it reports that step; None trains normally."""
     plan: dict[str, int | None] = {"at": None}
-    real_train = neuroq.train.train
 
-    def train(config, train_blocks, val_blocks, tokenizer, callbacks=()):
-        def preempt(metrics: dict[str, float], step: int) -> None:
-            if step == plan["at"]:
-                plan["at"] = None
-                raise Preempted(f"node preempted at step {step}")
+    def preempt(metrics: dict[str, float], step: int) -> None:
+        if step == plan["at"]:
+            plan["at"] = None
+            raise Preempted(f"node preempted at step {step}")
 
-        return real_train(config, train_blocks, val_blocks, tokenizer, callbacks=[preempt, *callbacks])
-
-    monkeypatch.setattr(neuroq.train, "train", train)
+    call_first_in_training(monkeypatch, preempt)
     return plan
 
 
 def train_step(prepared, name: str, **changes) -> Path:
-    params, run, root = prepared
-    out = root / name
-    steps.train_neuroq(dataclasses.replace(params, **changes), run, str(root / "train"), str(root / "val"),
-                       str(root / "tokenizer.model"), str(out))
-    return out
+    return run_train_neuroq(prepared, name, **changes)[1]
 
 
 def attempts(prepared) -> list:

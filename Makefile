@@ -18,6 +18,8 @@ run: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pipelines.run local
 
 test: $(STAMP)
+	# The architecture first (pyproject.toml [tool.importlinter]): an upward import or a file circle fails here.
+	$(VENV)/bin/lint-imports
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest
 
 clean:

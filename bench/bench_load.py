@@ -145,7 +145,7 @@ def build_models(workdir: Path, config: LoadConfig, endpoints: Sequence[str]) ->
 
     from bench.bench_ruri import cross_encoder_from, model_dir
     from bench.bench_serve_generate import build_model
-    from serving.registry import RegisterConfig, register
+    from serving.ruri.register import RegisterConfig, register
 
     tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking_uri)

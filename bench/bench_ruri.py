@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 import mlflow  # noqa: E402
 import requests  # noqa: E402
 
-from serving.registry import RegisterConfig, register  # noqa: E402
+from serving.ruri.register import RegisterConfig, register  # noqa: E402
 from tests.support.mlflow_serve import ModelServer  # noqa: E402
 
 # Each forward pass takes one sequence: no request shares a pass with another (the baseline).
@@ -49,7 +49,8 @@ FALLBACK_TEXTS = [
 
 
 def load_texts(n: int) -> list[str]:
-    """JSTS sentences when ../shared/data is there (realistic lengths), else a few built-in ones."""
+    """JSTS sentences from the data folder ($NEUROQ_DATA_DIR, else shared/data beside the checkout) when it holds
+    them (realistic lengths), else a few built-in ones."""
     data_dir = Path(os.environ.get("NEUROQ_DATA_DIR") or REPO.parent / "shared" / "data")
     path = data_dir / "eval" / "jsts-valid-v1.3.json.gz"
     if path.is_file():

@@ -43,7 +43,7 @@ def build_model(workdir: Path, preset: str) -> tuple[str, str]:
     from neuroq.corpus import bundled_dialogues
     from neuroq.model import NeuroQ, NeuroQConfig
     from neuroq.tokenizer import NeuroQTokenizer, TokenizerConfig
-    from serving.generation import log_neuroq_model
+    from serving.generation.log import log_neuroq_model
 
     tokenizer = NeuroQTokenizer.train(bundled_dialogues(), TokenizerConfig(vocab_size=8000, hard_vocab_limit=False))
     torch.manual_seed(0)

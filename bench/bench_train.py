@@ -35,9 +35,10 @@ from pathlib import Path
 import torch
 
 from neuroq.checkpoint import load_checkpoint
-from neuroq.data import PackedBlocks, split_documents, write_token_shards
+from neuroq.data import split_documents
 from neuroq.evaluate import score_text, unigram_bits_per_char
 from neuroq.model import NeuroQ, NeuroQConfig
+from neuroq.shards import PackedBlocks, write_token_shards
 from neuroq.tokenizer import NeuroQTokenizer, TokenizerConfig
 from neuroq.train import TrainConfig, train
 
@@ -206,7 +207,7 @@ def main() -> None:
     p.add_argument("--peak-flops", type=float, help="hardware peak for MFU (default: H100 bf16 dense, 989e12)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--aozora", type=Path, default=DEFAULT_AOZORA,
-                   help="aozora_pd.jsonl.gz (default: $NEUROQ_DATA_DIR or ../shared/data)")
+                   help="aozora_pd.jsonl.gz (default: under $NEUROQ_DATA_DIR, else shared/data beside the checkout)")
     p.add_argument("--skip-bpc", action="store_true", help="throughput table only")
     p.add_argument("--budget-tokens", type=int, help="training tokens per model (default: 20M CUDA, 200k CPU)")
     p.add_argument("--train-batch-size", type=int, help="batch of the bits/char runs (default: 64 CUDA, 8 CPU)")
@@ -240,7 +241,7 @@ def main() -> None:
         return
     if not args.aozora.is_file():
         print(f"Skipping the bits/char table: {args.aozora} not found (set --aozora or NEUROQ_DATA_DIR to the "
-              "folder holding aozora/aozora_pd.jsonl.gz, i.e. ../shared/data).")
+              "folder holding aozora/aozora_pd.jsonl.gz).")
         return
     with contextlib.ExitStack() as stack:
         work = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_train_")))

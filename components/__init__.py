@@ -1,24 +1,11 @@
-"""KFP v2 components of the NeuroQ pipeline: thin typed shells over `pipelines.steps`.
+"""The pipeline's steps: their knobs, their logic, and the KFP components that wrap them.
 
-Image contract: every component runs in one image that has this project installed (`pip install .` of this
-repository, which brings kfp, mlflow, torch and the `neuroq`, `pipelines` and `serving` packages). Only a
-component's function body is shipped in the compiled YAML, so each body imports the project inside itself;
-nothing is pip-installed at run time (`packages_to_install` is empty and `install_kfp_package=False`), which keeps
-runs reproducible, offline-capable and fast. The pipeline's `image` parameter names the image to run; locally
-`kfp.local.SubprocessRunner` ignores it and uses the current environment, which is the same installation.
+    params.py          PipelineParams: every knob of the pipeline, and the library configs built from it
+    steps/             what each step does, as plain functions over folders (testable and runnable without KFP)
+    component.py       the decorator every component uses, and the image they run in
+    start.py, data.py, training.py, evaluation.py
+                       the KFP v2 components: thin typed shells that parse, call a step, and write artifact metadata
 
-The component modules do not use `from __future__ import annotations`: KFP reads the annotations as types.
+This file imports nothing: a component's body imports `components.params` and `components.steps` when it runs, and
+there KFP sets `_KFP_RUNTIME`, under which `kfp.dsl` leaves out its authoring API (`dsl.component` among it).
 """
-
-from __future__ import annotations
-
-import functools
-
-from kfp import dsl
-
-# Tag it with the project version; the pipeline's `image` parameter overrides it per run.
-DEFAULT_IMAGE = "ghcr.io/neuroq/neuroq-mlops:0.1.0"
-
-component = functools.partial(
-    dsl.component, base_image=DEFAULT_IMAGE, packages_to_install=[], install_kfp_package=False
-)

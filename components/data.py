@@ -7,7 +7,7 @@ manifests travel as artifact metadata, and the merge step's MLflow run records t
 
 from kfp.dsl import Dataset, Input, Output
 
-from components import component
+from components.component import component
 
 
 @component
@@ -16,8 +16,8 @@ def ingest_hf(params: dict, data: Output[Dataset]):
 
     Writes an empty dataset when `data_sources` names neither, so the DAG is the same for every choice.
     """
-    from pipelines import steps
-    from pipelines.params import PipelineParams
+    from components.params import PipelineParams
+    from components.steps import data as steps
 
     manifest = steps.ingest_hf(PipelineParams.from_dict(params), data.path)
     data.metadata.update(steps.lineage(manifest))
@@ -29,8 +29,8 @@ def ingest_common_crawl(params: dict, data: Output[Dataset]):
 
     Writes an empty dataset when `data_sources` does not name common_crawl.
     """
-    from pipelines import steps
-    from pipelines.params import PipelineParams
+    from components.params import PipelineParams
+    from components.steps import data as steps
 
     manifest = steps.ingest_common_crawl(PipelineParams.from_dict(params), data.path)
     data.metadata.update(steps.lineage(manifest))
@@ -46,12 +46,13 @@ def merge_dedup_split(
     val_data: Output[Dataset],
 ):
     """Deduplicate across sources (exact + MinHash near-duplicates) and split train/validation by hash."""
-    from pipelines import steps
-    from pipelines.params import PipelineParams
+    from components.params import PipelineParams
+    from components.steps import data as steps
+    from components.steps.base import RunRef
 
     train_manifest, val_manifest = steps.merge_dedup_split(
         PipelineParams.from_dict(params),
-        steps.RunRef(**run),
+        RunRef(**run),
         [hf_data.path, cc_data.path],
         train_data.path,
         val_data.path,

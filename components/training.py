@@ -2,16 +2,17 @@
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components import component
+from components.component import component
 
 
 @component
 def train_tokenizer(params: dict, run: dict, train_data: Input[Dataset], tokenizer: Output[Model]):
     """Train the SentencePiece BPE tokenizer (byte fallback, reserved chat ids) on the training split."""
-    from pipelines import steps
-    from pipelines.params import PipelineParams
+    from components.params import PipelineParams
+    from components.steps import training as steps
+    from components.steps.base import RunRef
 
-    info = steps.train_tokenizer(PipelineParams.from_dict(params), steps.RunRef(**run), train_data.path, tokenizer.path)
+    info = steps.train_tokenizer(PipelineParams.from_dict(params), RunRef(**run), train_data.path, tokenizer.path)
     tokenizer.metadata.update({**info, "train_data": train_data.uri})
 
 
@@ -26,12 +27,13 @@ def train_neuroq(
     metrics: Output[Metrics],
 ):
     """Train NeuroQ; loss curves go to the step's MLflow run, the exported checkpoint to `model`."""
-    from pipelines import steps
-    from pipelines.params import PipelineParams
+    from components.params import PipelineParams
+    from components.steps import training as steps
+    from components.steps.base import RunRef
 
     summary = steps.train_neuroq(
         PipelineParams.from_dict(params),
-        steps.RunRef(**run),
+        RunRef(**run),
         train_data.path,
         val_data.path,
         tokenizer.path,

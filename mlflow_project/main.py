@@ -12,8 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from neuroq.errors import NeuroQError
-from pipelines.params import add_arguments, from_arguments
+from components.params import add_arguments, from_arguments
+from neuroq.cli import run_command
 from pipelines.run import DEFAULT_PIPELINE_ROOT, run_local
 
 
@@ -23,12 +23,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     parent_run_id = os.environ.pop("MLFLOW_RUN_ID", "")
-    try:
+
+    def run() -> None:
         print(run_local(from_arguments(args), pipeline_root=args.pipeline_root, parent_run_id=parent_run_id))
-    except NeuroQError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(run)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from neuroq.errors import NeuroQError
-from pipelines import steps, tracking
-from pipelines.params import PipelineParams, add_arguments, from_arguments
+from components.params import PipelineParams, add_arguments, from_arguments
+from components.steps import base, data, evaluation, training, tracking
+from neuroq.cli import run_command
 
 
-def _run_ref() -> steps.RunRef:
+def _run_ref() -> base.RunRef:
     # No parent: tracking.step_run then logs into MLFLOW_RUN_ID, the run `mlflow run` made for this step.
-    return steps.RunRef(tracking.resolve_tracking_uri())
+    return base.RunRef(tracking.resolve_tracking_uri())
 
 
 def _log_manifest(manifest: dict[str, Any]) -> None:
@@ -37,32 +37,32 @@ def _log_manifest(manifest: dict[str, Any]) -> None:
 
 
 def _ingest_hf(params: PipelineParams, a: argparse.Namespace) -> Any:
-    manifest = steps.ingest_hf(params, a.out)
+    manifest = data.ingest_hf(params, a.out)
     _log_manifest(manifest)
-    return steps.lineage(manifest)
+    return data.lineage(manifest)
 
 
 def _ingest_common_crawl(params: PipelineParams, a: argparse.Namespace) -> Any:
-    manifest = steps.ingest_common_crawl(params, a.out)
+    manifest = data.ingest_common_crawl(params, a.out)
     _log_manifest(manifest)
-    return steps.lineage(manifest)
+    return data.lineage(manifest)
 
 
 def _merge(params: PipelineParams, a: argparse.Namespace) -> Any:
-    train, val = steps.merge_dedup_split(params, _run_ref(), a.sources.split(","), a.train_out, a.val_out)
-    return {"train": steps.lineage(train), "validation": steps.lineage(val)}
+    train, val = data.merge_dedup_split(params, _run_ref(), a.sources.split(","), a.train_out, a.val_out)
+    return {"train": data.lineage(train), "validation": data.lineage(val)}
 
 
 def _train_tokenizer(params: PipelineParams, a: argparse.Namespace) -> Any:
-    return steps.train_tokenizer(params, _run_ref(), a.train_data, a.out)
+    return training.train_tokenizer(params, _run_ref(), a.train_data, a.out)
 
 
 def _train(params: PipelineParams, a: argparse.Namespace) -> Any:
-    return steps.train_neuroq(params, _run_ref(), a.train_data, a.val_data, a.tokenizer, a.out)
+    return training.train_neuroq(params, _run_ref(), a.train_data, a.val_data, a.tokenizer, a.out)
 
 
 def _evaluate(params: PipelineParams, a: argparse.Namespace) -> Any:
-    results = steps.evaluate(params, _run_ref(), a.model, a.val_data)
+    results = evaluation.evaluate(params, _run_ref(), a.model, a.val_data)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return results
@@ -71,8 +71,8 @@ def _evaluate(params: PipelineParams, a: argparse.Namespace) -> Any:
 def _register(params: PipelineParams, a: argparse.Namespace) -> Any:
     evaluation = json.loads(Path(a.evaluation).read_text(encoding="utf-8"))
     train_manifest = json.loads((Path(a.train_data) / "manifest.json").read_text(encoding="utf-8"))
-    decision = steps.register(
-        params, _run_ref(), a.model, a.val_data, evaluation=evaluation, train_digest=train_manifest["digest"]
+    decision = evaluation.register(
+        params, _run_ref(), a.model, a.val_data, evaluation=evaluation, train_digest=train_manifest["content_digest"]
     )
     return decision.reason
 
@@ -98,13 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             sub.add_argument(f"--{folder}", required=True)
         add_arguments(sub)
     args = parser.parse_args(argv)
-    try:
-        result = STEPS[args.step][1](from_arguments(args), args)
-    except NeuroQError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> None:
+    result = STEPS[args.step][1](from_arguments(args), args)
     print(json.dumps(result, ensure_ascii=False, indent=2, default=str))
-    return 0
 
 
 if __name__ == "__main__":

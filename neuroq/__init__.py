@@ -29,10 +29,10 @@ _EXPORTS: dict[str, str] = {
     "Sample": "neuroq.generate",
     "generate": "neuroq.generate",
     # data
-    "PackedBlocks": "neuroq.data",
-    "split_documents": "neuroq.data",
-    "write_token_shards": "neuroq.data",
     "read_texts": "neuroq.data",
+    "split_documents": "neuroq.data",
+    "PackedBlocks": "neuroq.shards",
+    "write_token_shards": "neuroq.shards",
     "bundled_dialogues": "neuroq.corpus",
     # training, checkpoints, evaluation
     "TrainConfig": "neuroq.train",
@@ -67,10 +67,11 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from neuroq.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
     from neuroq.corpus import bundled_dialogues
-    from neuroq.data import PackedBlocks, read_texts, split_documents, write_token_shards
+    from neuroq.data import read_texts, split_documents
     from neuroq.errors import CheckpointError, ConfigError, NeuroQError, TokenizerError
     from neuroq.evaluate import evaluate_blocks, generation_stats, score_text, unigram_bits_per_char
     from neuroq.generate import GenerationConfig, Sample, generate
     from neuroq.model import NeuroQ, NeuroQConfig
+    from neuroq.shards import PackedBlocks, write_token_shards
     from neuroq.tokenizer import NeuroQTokenizer, TokenizerConfig
     from neuroq.train import TrainConfig, TrainResult, get_lr, train

@@ -1,9 +1,10 @@
 """Command line: ``python -m neuroq {tokenizer,train,generate,eval,demo}``.
 
 Every knob comes from the library's config dataclasses (TokenizerConfig, NeuroQConfig, TrainConfig,
-GenerationConfig): their fields become flags (``n_embd`` -> ``--n-embd``), so a knob is defined once and the CLI,
-the KFP component and the MLproject entry point build the same configs. Exit status: 0 success, 2 bad usage
-(unknown flag, invalid value: the message names the flag), 1 any other failure (bad checkpoint, ...).
+GenerationConfig): ``neuroq.cli.ConfigArgs`` makes their fields flags (``n_embd`` -> ``--n-embd``), so a knob is
+defined once and the CLI, the KFP component and the MLproject entry point build the same configs. Exit status: 0
+success, 2 bad usage (unknown flag, invalid value: the message names the flag), 1 any other failure (bad
+checkpoint, ...).
 """
 
 from __future__ import annotations
@@ -13,112 +14,16 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import sys
 import time
-import types
-import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from neuroq.errors import ConfigError, NeuroQError
+from neuroq.cli import ConfigArgs, flagify, run_command
+from neuroq.errors import ConfigError
 
 logger = logging.getLogger("neuroq")
-
-_MISSING = dataclasses.MISSING
-
-
-# ------------------------------------------------------------------------------------ flags from dataclasses
-
-
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else tp), True
-    return tp, False
-
-
-def _optional(convert: Any) -> Any:
-    def parse(text: str) -> Any:
-        return None if text.lower() == "none" else convert(text)
-
-    parse.__name__ = getattr(convert, "__name__", "value")
-    return parse
-
-
-def _default_text(f: dataclasses.Field[Any]) -> str:
-    if f.default is not _MISSING:
-        return repr(f.default)
-    if f.default_factory is not _MISSING:  # type: ignore[misc]
-        return repr(f.default_factory())  # type: ignore[misc]
-    return "required"
-
-
-class _ConfigArgs:
-    """The flags a dataclass contributes to a parser, and how to read them back into an instance."""
-
-    def __init__(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
-                 skip: Sequence[str] = (), aliases: dict[str, Sequence[str]] | None = None,
-                 defaults: Any = None) -> None:
-        self.cls = cls
-        self.names: list[str] = []
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.name in skip or not f.init:
-                continue
-            flags = [_flag(f.name), *(aliases or {}).get(f.name, ())]
-            tp, optional = _unwrap_optional(hints[f.name])
-            # A None class default is resolved in __post_init__ (block_size -> max_seq_len): show it unresolved.
-            derived = f.default is None
-            default = repr(getattr(defaults, f.name)) if defaults is not None and not derived else _default_text(f)
-            kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                                      "help": f"default {default}" + (" (none = unset)" if optional else "")}
-            origin = typing.get_origin(tp)
-            if tp is bool:
-                kwargs["action"] = argparse.BooleanOptionalAction
-            elif origin is Literal:
-                kwargs["choices"] = list(typing.get_args(tp))
-            elif origin is tuple:
-                item_types = typing.get_args(tp)
-                if len(item_types) == 2 and item_types[1] is Ellipsis:  # tuple[str, ...]: a repeatable flag
-                    kwargs.update(action="append", type=item_types[0])
-                    kwargs["help"] += " (repeatable)"
-                else:
-                    kwargs.update(nargs=len(item_types), type=item_types[0])
-            elif tp in (int, float, str):
-                kwargs["type"] = _optional(tp) if optional else tp
-            else:
-                continue  # nested configs get their own flags
-            parser.add_argument(*flags, **kwargs)
-            self.names.append(f.name)
-
-    def overrides(self, ns: argparse.Namespace) -> dict[str, Any]:
-        return {n: getattr(ns, n) for n in self.names if hasattr(ns, n)}
-
-    def build(self, ns: argparse.Namespace, base: Any = None, **fixed: Any) -> Any:
-        values = {**self.overrides(ns), **fixed}
-        return dataclasses.replace(base, **values) if base is not None else self.cls(**values)
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _flagify(message: str, names: Sequence[str]) -> str:
-    """Rewrite config field names in an error message as the CLI flags that set them.
-
-    ``TrainConfig.batch_size`` anywhere, a name with an underscore anywhere, and a bare name that opens the
-    message (the library's "field must be ..." convention) are replaced; other words are left alone.
-    """
-    for name in sorted(set(names), key=len, reverse=True):
-        message = re.sub(rf"\b\w*Config\.(?:\w+\.)*{name}\b", _flag(name), message)
-        if "_" in name:
-            message = re.sub(rf"(?<![\w-]){name}\b", _flag(name), message)
-        elif message.startswith(name + " "):
-            message = _flag(name) + message[len(name):]
-    return message
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -165,7 +70,7 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
         "(.txt, .jsonl, optionally .gz) or, without --input, from the bundled corpus."))
     p.add_argument("--input", nargs="+", metavar="PATH", help="text files or directories (default: bundled corpus)")
     p.add_argument("--out", default="tokenizer.model", help="output .model file (default tokenizer.model)")
-    args = _ConfigArgs(p.add_argument_group("tokenizer"), TokenizerConfig)
+    args = ConfigArgs(p.add_argument_group("tokenizer"), TokenizerConfig)
     p.set_defaults(run=_run_tokenizer, config_args=[args])
 
 
@@ -201,8 +106,8 @@ def _add_train_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
         "TokenizerConfig's)"))
     model = p.add_argument_group("model")
     model.add_argument("--preset", help=f"start from a NeuroQConfig preset ({_PRESETS_HELP}); flags below override")
-    model_args = _ConfigArgs(model, NeuroQConfig, skip=("vocab_size",), defaults=base.model)
-    train_args = _ConfigArgs(p.add_argument_group("training"), TrainConfig, skip=("model",), defaults=base)
+    model_args = ConfigArgs(model, NeuroQConfig, skip=("vocab_size",), defaults=base.model)
+    train_args = ConfigArgs(p.add_argument_group("training"), TrainConfig, skip=("model",), defaults=base)
     p.set_defaults(config_args=[model_args, train_args])
 
 
@@ -224,7 +129,8 @@ def _build_train_config(ns: argparse.Namespace, base: Any, vocab_size: int) -> A
 def _prepare(ns: argparse.Namespace, base: Any) -> tuple[Any, Any, Any, Any, list[str], list[str]]:
     """Documents -> split -> tokenizer -> token shards -> blocks, all under the run's out_dir."""
     from neuroq.checkpoint import recover_interrupted_save
-    from neuroq.data import PackedBlocks, split_documents, write_token_shards
+    from neuroq.data import split_documents
+    from neuroq.shards import PackedBlocks, write_token_shards
     from neuroq.tokenizer import NeuroQTokenizer, TokenizerConfig
     from neuroq.train import LAST_CHECKPOINT
 
@@ -298,7 +204,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="wrap each prompt as a user turn (<USER>prompt<ASSISTANT>) and print the reply only")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default auto)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    args = _ConfigArgs(p.add_argument_group("sampling"), GenerationConfig,
+    args = ConfigArgs(p.add_argument_group("sampling"), GenerationConfig,
                        aliases={"max_new_tokens": ["--max-length"]})
     p.set_defaults(run=_run_generate, config_args=[args])
 
@@ -401,9 +307,9 @@ def _run_demo(ns: argparse.Namespace) -> None:
     import torch
 
     from neuroq.checkpoint import load_checkpoint
-    from neuroq.data import PackedBlocks
     from neuroq.evaluate import generation_stats, score_text, unigram_bits_per_char
     from neuroq.generate import GenerationConfig, generate
+    from neuroq.shards import PackedBlocks
     from neuroq.tokenizer import NeuroQTokenizer
     from neuroq.train import train
 
@@ -456,14 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=ns.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = [n for a in ns.config_args for n in a.names] + ["val_fraction", "vocab_size", "batch_size", "stride"]
     subparser = parser._subparsers._group_actions[0].choices[ns.command]  # type: ignore[union-attr]
-    try:
-        ns.run(ns)
-    except ConfigError as exc:
-        subparser.error(_flagify(str(exc), names))
-    except NeuroQError as exc:
-        print(f"neuroq {ns.command}: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    # A bad value is a usage error naming the flag; any other library failure exits 1 with its message.
+    return run_command(lambda: ns.run(ns), prog=f"neuroq {ns.command}", status=1,
+                       usage_error=lambda message: subparser.error(flagify(message, names)))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ Writes go to a temporary sibling directory that is swapped in with a rename, so 
 previous checkpoint or the new one, never a mix, and a crash mid-write leaves the previous one intact. Loads
 check every failure a user actually meets (a Git LFS pointer instead of the file, an interrupted copy, a
 checkpoint of another architecture) and say which file is wrong and what to do.
+
+One file because saving and loading are the two halves of one on-disk format: the file names, the recorded sizes
+and digests, and the atomic swap that ``recover_interrupted_save`` undoes must agree, and they are checked by
+reading both halves side by side.
 """
 
 from __future__ import annotations
@@ -338,8 +342,9 @@ def _checkpoint_dir(path: Path) -> Path:
     raise CheckpointError(f"checkpoint {path} does not exist")
 
 
-def _read_verified(root: Path, name: str, config: Mapping[str, Any]) -> bytes:
-    """Read one checkpoint file, refusing LFS pointers and files that differ from what config.json recorded."""
+def _read_verified(root: Path, name: str, config: Mapping[str, Any], *, verify_digest: bool = True) -> bytes:
+    """Read one checkpoint file, refusing LFS pointers and files that differ from what config.json recorded
+    (in size always; in sha256 unless ``verify_digest`` is false)."""
     file = root / name
     if not file.is_file():
         raise CheckpointError(f"checkpoint {root} is incomplete: {name} is missing")
@@ -355,7 +360,7 @@ def _read_verified(root: Path, name: str, config: Mapping[str, Any]) -> bytes:
                 "(an interrupted copy or download?)"
             )
         digest = recorded.get("sha256")
-        if isinstance(digest, str) and hashlib.sha256(data).hexdigest() != digest:
+        if verify_digest and isinstance(digest, str) and hashlib.sha256(data).hexdigest() != digest:
             raise CheckpointError(
                 f"{file} is corrupt: its sha256 differs from the one recorded in {CONFIG_FILE} "
                 "(modified after saving, or copied from another checkpoint)"
@@ -367,12 +372,15 @@ def load_checkpoint(
     path: str | os.PathLike[str],
     device: str | torch.device = "cpu",
     with_training_state: bool = False,
+    verify_digests: bool = True,
 ) -> LoadedCheckpoint:
     """Load a checkpoint directory written by :func:`save_checkpoint`.
 
     Raises :class:`CheckpointError` naming the file when a file is missing, a Git LFS pointer, truncated or
     corrupt, or when the weights do not match the architecture in ``config.json``. With
     ``with_training_state`` the optimizer/step/RNG state is loaded too (an export without it is refused).
+    ``verify_digests=False`` skips only the sha256 comparison, for a caller that has just hashed these same
+    files against digests of its own (a served model's artifacts); sizes and LFS pointers are still refused.
     """
     from neuroq.model import NeuroQ, NeuroQConfig
     from neuroq.tokenizer import NeuroQTokenizer
@@ -387,7 +395,7 @@ def load_checkpoint(
             f"version?): {exc}"
         ) from exc
 
-    tok_bytes = _read_verified(root, TOKENIZER_FILE, meta)
+    tok_bytes = _read_verified(root, TOKENIZER_FILE, meta, verify_digest=verify_digests)
     try:
         tokenizer = NeuroQTokenizer.from_bytes(tok_bytes)
     except (TokenizerError, RuntimeError, OSError, ValueError) as exc:
@@ -398,7 +406,7 @@ def load_checkpoint(
             f"vocab_size {model_config.vocab_size}: tokenizer and weights come from different checkpoints"
         )
 
-    weights = _read_verified(root, WEIGHTS_FILE, meta)
+    weights = _read_verified(root, WEIGHTS_FILE, meta, verify_digest=verify_digests)
     try:
         tensors = safetensors_load(weights)
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -416,7 +424,7 @@ def load_checkpoint(
                 f"{root} has no {TRAINING_STATE_FILE}: it is an exported model, not a training checkpoint, "
                 "so training cannot resume from it"
             )
-        state_bytes = _read_verified(root, TRAINING_STATE_FILE, meta)
+        state_bytes = _read_verified(root, TRAINING_STATE_FILE, meta, verify_digest=verify_digests)
         try:
             training_state = torch.load(io.BytesIO(state_bytes), map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several unrelated types for a damaged or unsafe pickle

@@ -7,7 +7,6 @@ tokenizer needed); :func:`generate` wraps it with encoding and decoding.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass
@@ -20,6 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from neuroq.errors import ConfigError
 from neuroq.model import NeuroQ
 from neuroq.tokenizer import EOS_ID, PAD_ID, USER_ID, NeuroQTokenizer
+from neuroq.validation import is_int, is_number, require
 
 __all__ = ["GenerationConfig", "Sample", "generate", "generate_ids", "apply_repetition_penalty", "filter_logits",
            "NgramBlocker"]
@@ -66,29 +66,23 @@ class GenerationConfig:
                 raise ConfigError(f"max_length ({max_length}) is an alias of max_new_tokens "
                                   f"({self.max_new_tokens}): give one of them")
             self.max_new_tokens = max_length
-        _check_int(self, "max_new_tokens", 1)
-        _check_int(self, "top_k", 0)
-        _check_int(self, "no_repeat_ngram_size", 0)
-        _check_int(self, "n", 1)
+        for name, minimum in (("max_new_tokens", 1), ("top_k", 0), ("no_repeat_ngram_size", 0), ("n", 1)):
+            value = getattr(self, name)
+            require(is_int(value) and value >= minimum, name, f"an integer >= {minimum}", value)
         for name in ("temperature", "temp_min", "temp_max"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and 0 <= value < math.inf):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+            require(value is None or (is_number(value) and value >= 0), name, "a finite number >= 0", value)
         if self.low_temperature > self.high_temperature:
             raise ConfigError(f"temp_min ({self.low_temperature}) must be <= temp_max ({self.high_temperature})")
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not (isinstance(self.repetition_penalty, (int, float)) and 0 < self.repetition_penalty < math.inf):
-            raise ConfigError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        require(is_number(self.top_p) and 0 < self.top_p <= 1, "top_p", "in (0, 1]", self.top_p)
+        require(is_number(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty", "> 0",
+                self.repetition_penalty)
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(self.stop)
-        if not all(isinstance(s, str) and s for s in self.stop):
-            raise ConfigError(f"stop must be non-empty strings, got {self.stop!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ConfigError(f"seed must be an integer or None, got {self.seed!r}")
-        if self.truncation not in ("left", "error"):
-            raise ConfigError(f"truncation must be 'left' or 'error', got {self.truncation!r}")
+        require(all(isinstance(s, str) and s for s in self.stop), "stop", "non-empty strings", self.stop)
+        require(self.seed is None or is_int(self.seed), "seed", "an integer or None", self.seed)
+        require(self.truncation in ("left", "error"), "truncation", "'left' or 'error'", self.truncation)
 
     @property
     def low_temperature(self) -> float:
@@ -104,12 +98,6 @@ class GenerationConfig:
             return self.high_temperature
         frac = step / (self.max_new_tokens - 1)
         return self.high_temperature + (self.low_temperature - self.high_temperature) * frac
-
-
-def _check_int(config: GenerationConfig, name: str, minimum: int) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass

@@ -6,8 +6,13 @@
   QBNN branch.
 - ``gpt``: the same skeleton with no QBNN term, as the baseline the QBNN terms are measured against.
 
-Maths and the fixes against the original implementation: ../shared/NEUROQ_SPEC.md. The file reads top-down like
-nanoGPT's ``model.py``: building blocks, then the config, then the model.
+Against the original implementation: inference is deterministic (the original mixed a sinusoid of a call counter
+into the QBNN gain and added brain-mode noise at inference), its dead parameters (an unused theta projection, phase
+and bias) are gone, and generation uses a KV cache instead of re-running the whole context for every token.
+
+One file on purpose, like nanoGPT's ``model.py``: it reads top-down (building blocks, then the config, then the
+model), and each QBNN piece is a small module beside the attention and MLP it modifies, so the whole computation a
+checkpoint holds can be checked in one reading. Split up, a reader would chase the three modes across files.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from neuroq.errors import ConfigError
+from neuroq.validation import is_int, is_number, require
 
 __all__ = ["NeuroQConfig", "NeuroQ", "NeuroQOutput", "KVCache"]
 
@@ -265,27 +271,21 @@ class NeuroQConfig:
     attn_impl: Literal["sdpa", "explicit"] = "sdpa"
 
     def __post_init__(self) -> None:
-        if self.mode not in ("layered", "brain", "gpt"):
-            raise ConfigError(f"mode must be 'layered', 'brain' or 'gpt', got {self.mode!r}")
-        if self.attn_impl not in ("sdpa", "explicit"):
-            raise ConfigError(f"attn_impl must be 'sdpa' or 'explicit', got {self.attn_impl!r}")
+        require(self.mode in ("layered", "brain", "gpt"), "mode", "'layered', 'brain' or 'gpt'", self.mode)
+        require(self.attn_impl in ("sdpa", "explicit"), "attn_impl", "'sdpa' or 'explicit'", self.attn_impl)
         for name in ("vocab_size", "n_embd", "n_ff", "n_head", "n_layer", "max_seq_len", "brain_neurons",
                      "brain_steps"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            require(is_int(value) and value >= 1, name, "a positive integer", value)
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not math.isfinite(self.lambda_entangle):
-            raise ConfigError(f"lambda_entangle must be finite, got {self.lambda_entangle!r}")
+        require(is_number(self.dropout) and 0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
+        require(is_number(self.lambda_entangle), "lambda_entangle", "finite", self.lambda_entangle)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> NeuroQConfig:
         """A named configuration (``tiny``, ``small``, ``layered``, ``brain``, ``gpt``) with fields overridden."""
-        if name not in _PRESETS:
-            raise ConfigError(f"preset must be one of {sorted(_PRESETS)}, got {name!r}")
+        require(name in _PRESETS, "preset", f"one of {sorted(_PRESETS)}", name)
         return cls(**{**_PRESETS[name], **overrides})
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,9 +13,14 @@ so on; what comes back is the normalised text:
     decode(encode(x)) == tokenizer.normalize(x)        (== unicodedata.normalize("NFKC", x))
 
 for any string x, with one exception: U+2581 "▁" is SentencePiece's own stand-in for a space, so a literal "▁" in
-the input decodes as " " (``normalize`` includes that mapping, so ``decode(encode(x)) == normalize(x)`` always). Spaces, tabs and newlines are kept exactly (``remove_extra_whitespaces`` is off and no
-dummy-prefix space is added, which would only waste a token on every Japanese text). With
-``normalization="identity"`` the guarantee is ``decode(encode(x)) == x``.
+the input decodes as " " (``normalize`` includes that mapping, so ``decode(encode(x)) == normalize(x)`` always).
+Spaces, tabs and newlines are kept exactly (``remove_extra_whitespaces`` is off and no dummy-prefix space is added,
+which would only waste a token on every Japanese text). With ``normalization="identity"`` the guarantee is
+``decode(encode(x)) == x``.
+
+One file because it is one contract: the id layout, the round-trip rule and the chat format above are what every
+checkpoint relies on, and training, loading, encoding and ``format_chat`` each enforce a part of it; read together,
+a change to one is seen against the others.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from typing import Any, Literal
 
 import sentencepiece as spm
 
-from neuroq.data import read_texts
 from neuroq.errors import ConfigError, TokenizerError
+from neuroq.validation import is_int, is_number, require
 
 __all__ = [
     "PAD_ID",
@@ -63,7 +68,6 @@ _N_BYTE_PIECES = 256
 _MAX_SENTENCE_BYTES = 4192
 
 ChatTurns = Sequence[tuple[str, str | None]] | Sequence[Mapping[str, str]]
-TokenizerSource = Iterable[str] | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 
 def _default_num_threads() -> int:
@@ -72,7 +76,8 @@ def _default_num_threads() -> int:
 
 @dataclass
 class TokenizerConfig:
-    """How to train a tokenizer. Defaults follow ../shared/NEUROQ_SPEC.md.
+    """How to train a tokenizer. Defaults are the original NeuroQ's (BPE, 8000 pieces, coverage 0.9995, NFKC) plus
+    byte fallback, which the original lacked: there, characters outside the vocabulary vanished on decode.
 
     vocab_size: total pieces, the 262 reserved and byte pieces included.
     character_coverage: share of the corpus's characters that get a piece of their own; the rarest characters
@@ -96,34 +101,25 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         min_vocab = len(_RESERVED_PIECES) + (_N_BYTE_PIECES if self.byte_fallback is True else 0) + 1
-        _check(_is_int(self.vocab_size) and self.vocab_size >= min_vocab, "vocab_size",
-               f"an integer >= {min_vocab} (the reserved and byte pieces plus at least one more)", self.vocab_size)
-        _check(isinstance(self.character_coverage, float | int) and not isinstance(self.character_coverage, bool)
-               and 0.0 < self.character_coverage <= 1.0, "character_coverage", "a number in (0, 1]",
-               self.character_coverage)
-        _check(self.model_type in ("bpe", "unigram"), "model_type", "'bpe' or 'unigram'", self.model_type)
-        _check(isinstance(self.byte_fallback, bool), "byte_fallback", "a bool", self.byte_fallback)
-        _check(self.normalization in ("nfkc", "identity"), "normalization", "'nfkc' or 'identity'",
-               self.normalization)
-        _check(_is_int(self.input_sentence_size) and self.input_sentence_size >= 0, "input_sentence_size",
-               "an integer >= 0 (0 = all sentences)", self.input_sentence_size)
-        _check(_is_int(self.seed), "seed", "an integer", self.seed)
-        _check(_is_int(self.num_threads) and self.num_threads >= 1, "num_threads", "an integer >= 1",
-               self.num_threads)
-        _check(isinstance(self.split_digits, bool), "split_digits", "a bool", self.split_digits)
-        _check(isinstance(self.hard_vocab_limit, bool), "hard_vocab_limit", "a bool", self.hard_vocab_limit)
+        require(is_int(self.vocab_size) and self.vocab_size >= min_vocab, "TokenizerConfig.vocab_size",
+                f"an integer >= {min_vocab} (the reserved and byte pieces plus at least one more)", self.vocab_size)
+        require(is_number(self.character_coverage) and 0.0 < self.character_coverage <= 1.0,
+                "TokenizerConfig.character_coverage", "a number in (0, 1]", self.character_coverage)
+        require(self.model_type in ("bpe", "unigram"), "TokenizerConfig.model_type", "'bpe' or 'unigram'",
+                self.model_type)
+        require(self.normalization in ("nfkc", "identity"), "TokenizerConfig.normalization", "'nfkc' or 'identity'",
+                self.normalization)
+        require(is_int(self.input_sentence_size) and self.input_sentence_size >= 0,
+                "TokenizerConfig.input_sentence_size", "an integer >= 0 (0 = all sentences)", self.input_sentence_size)
+        require(is_int(self.seed), "TokenizerConfig.seed", "an integer", self.seed)
+        require(is_int(self.num_threads) and self.num_threads >= 1, "TokenizerConfig.num_threads", "an integer >= 1",
+                self.num_threads)
+        for name in ("byte_fallback", "split_digits", "hard_vocab_limit"):
+            value = getattr(self, name)
+            require(isinstance(value, bool), f"TokenizerConfig.{name}", "a bool", value)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check(ok: bool, name: str, expected: str, got: object) -> None:
-    if not ok:
-        raise ConfigError(f"TokenizerConfig.{name} must be {expected}, got {got!r}")
 
 
 class NeuroQTokenizer:
@@ -144,15 +140,16 @@ class NeuroQTokenizer:
     # ---- construction -------------------------------------------------------------------------------------
 
     @classmethod
-    def train(cls, source: TokenizerSource, config: TokenizerConfig | None = None) -> NeuroQTokenizer:
-        """Train on texts (an iterable of documents) or on files (a path, a directory, or a list of paths).
+    def train(cls, texts: Iterable[str], config: TokenizerConfig | None = None) -> NeuroQTokenizer:
+        """Train on ``texts``, an iterable of documents read once (a list, a generator).
 
-        A plain ``str`` is taken as a path: pass ``[text]`` to train on one text. Files are read with
-        ``neuroq.data.read_texts`` (.txt, .jsonl with a "text" field, either gzipped, directories recursively).
-        Nothing is written to disk; save the result with ``save``.
+        To train on files, pass ``neuroq.data.read_texts(paths)``. A bare ``str`` or path is refused rather than
+        read as one character per document. Nothing is written to disk; save the result with ``save``.
         """
+        if isinstance(texts, str | os.PathLike):
+            raise TokenizerError(f"training texts must be an iterable of str, got the single {type(texts).__name__} "
+                                 f"{str(texts)[:60]!r}: pass [text], or neuroq.data.read_texts(paths) for files")
         config = config or TokenizerConfig()
-        texts = _texts_from_source(source)
         failure: list[BaseException] = []
         model = io.BytesIO()
         spm.set_random_generator_seed(config.seed)
@@ -372,26 +369,6 @@ class NeuroQTokenizer:
     def __repr__(self) -> str:
         return f"NeuroQTokenizer(vocab_size={self.vocab_size}, normalization={self._normalization!r}, " \
                f"sha256={self.sha256[:12]})"
-
-
-def _texts_from_source(source: TokenizerSource) -> Iterable[str]:
-    if isinstance(source, str | os.PathLike):
-        return read_texts([source])
-    if isinstance(source, list | tuple) and source and all(_is_path(s) for s in source):
-        return read_texts(source)
-    return source
-
-
-def _is_path(item: object) -> bool:
-    """A list of existing file names means files; any other list of strings is the training text itself."""
-    if isinstance(item, os.PathLike):
-        return True
-    if not isinstance(item, str) or not item or "\n" in item or len(item) > 4096:
-        return False
-    try:
-        return Path(item).exists()
-    except (OSError, ValueError):
-        return False
 
 
 def _training_sentences(texts: Iterable[str], failure: list[BaseException]) -> Iterator[str]:

@@ -10,6 +10,10 @@ DDP run, reproduces the random numbers of an uninterrupted one without gathering
 
 Metrics go to callbacks ``(metrics: dict[str, float], step: int)`` on rank 0, so experiment tracking (MLflow)
 plugs in from outside; this module does not import it.
+
+One file, as nanoGPT's ``train.py`` is: the config, the schedule, the step sampler, the rank setup, the loop and its
+checkpoints are the parts of one resume contract (a run stopped at any step and resumed equals one that never
+stopped), and that contract can only be checked by reading them together.
 """
 
 from __future__ import annotations
@@ -30,15 +34,17 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from neuroq.checkpoint import load_checkpoint, recover_interrupted_save, save_checkpoint
+from neuroq.checkpoint import load_checkpoint, read_checkpoint_config, recover_interrupted_save, save_checkpoint
 from neuroq.errors import CheckpointError, ConfigError
 from neuroq.evaluate import evaluate_blocks
 from neuroq.model import NeuroQ, NeuroQConfig
+from neuroq.validation import is_int, is_number, require
 
 if TYPE_CHECKING:
     from neuroq.tokenizer import NeuroQTokenizer
 
-__all__ = ["MetricsCallback", "StepBatchSampler", "TrainConfig", "TrainResult", "get_lr", "train", "training_state"]
+__all__ = ["MetricsCallback", "StepBatchSampler", "TrainConfig", "TrainResult", "get_lr", "resume_step", "train",
+           "training_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,48 +98,40 @@ class TrainConfig:
             self.block_size = self.model.max_seq_len
         if self.min_lr is None:
             self.min_lr = self.lr / 10
-        positive = ("max_steps", "batch_size", "grad_accum_steps", "block_size", "log_interval")
-        for name in positive:
-            _require(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an integer >= 1", self)
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "block_size", "log_interval"):
+            value = getattr(self, name)
+            require(is_int(value) and value >= 1, f"TrainConfig.{name}", "an integer >= 1", value)
         for name in ("warmup_steps", "eval_interval", "ckpt_interval", "num_workers"):
-            _require(_is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "an integer >= 0", self)
-        _require(_is_int(self.seed), "seed", "an integer", self)
-        _require(self.eval_batches is None or (_is_int(self.eval_batches) and self.eval_batches >= 1),
-                 "eval_batches", "an integer >= 1 or None (all)", self)
-        _require(self.block_size <= self.model.max_seq_len, "block_size",
-                 f"at most the model's max_seq_len ({self.model.max_seq_len})", self)
-        _require(_is_num(self.lr) and self.lr > 0, "lr", "a number > 0", self)
-        _require(_is_num(self.min_lr) and 0 <= self.min_lr <= self.lr, "min_lr", f"a number in [0, lr={self.lr}]",
-                 self)
-        _require(_is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0", self)
-        _require(len(self.betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in self.betas), "betas",
-                 "two numbers in [0, 1)", self)
-        _require(_is_num(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number >= 0 (0 = off)", self)
-        _require(self.dtype in ("auto", "float32", "bfloat16"), "dtype", "'auto', 'float32' or 'bfloat16'", self)
+            value = getattr(self, name)
+            require(is_int(value) and value >= 0, f"TrainConfig.{name}", "an integer >= 0", value)
+        require(is_int(self.seed), "TrainConfig.seed", "an integer", self.seed)
+        require(self.eval_batches is None or (is_int(self.eval_batches) and self.eval_batches >= 1),
+                "TrainConfig.eval_batches", "an integer >= 1 or None (all)", self.eval_batches)
+        require(self.block_size <= self.model.max_seq_len, "TrainConfig.block_size",
+                f"at most the model's max_seq_len ({self.model.max_seq_len})", self.block_size)
+        require(is_number(self.lr) and self.lr > 0, "TrainConfig.lr", "a number > 0", self.lr)
+        require(is_number(self.min_lr) and 0 <= self.min_lr <= self.lr, "TrainConfig.min_lr",
+                f"a number in [0, lr={self.lr}]", self.min_lr)
+        require(is_number(self.weight_decay) and self.weight_decay >= 0, "TrainConfig.weight_decay", "a number >= 0",
+                self.weight_decay)
+        require(len(self.betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in self.betas), "TrainConfig.betas",
+                "two numbers in [0, 1)", self.betas)
+        require(is_number(self.grad_clip) and self.grad_clip >= 0, "TrainConfig.grad_clip", "a number >= 0 (0 = off)",
+                self.grad_clip)
+        require(self.dtype in ("auto", "float32", "bfloat16"), "TrainConfig.dtype", "'auto', 'float32' or 'bfloat16'",
+                self.dtype)
         try:
             device_ok = self.device == "auto" or bool(torch.device(self.device).type)
         except (RuntimeError, TypeError):
             device_ok = False
-        _require(device_ok, "device", "'auto' or a torch device such as 'cpu', 'cuda', 'cuda:1'", self)
+        require(device_ok, "TrainConfig.device", "'auto' or a torch device such as 'cpu', 'cuda', 'cuda:1'",
+                self.device)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (the model config nested); ``TrainConfig(**d)`` rebuilds it."""
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _require(ok: bool, name: str, expected: str, cfg: TrainConfig) -> None:
-    if not ok:
-        raise ConfigError(f"TrainConfig.{name} must be {expected}, got {getattr(cfg, name)!r}")
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
@@ -272,6 +270,23 @@ def _check_data(cfg: TrainConfig, train_blocks: Dataset, val_blocks: Dataset | N
                               "tokens: build the blocks with the same block_size")
 
 
+def resume_step(cfg: TrainConfig) -> int:
+    """The optimizer step a training with `cfg` starts from: that of ``out_dir/last`` when resuming, else 0.
+
+    A run killed mid-save left a partial temp dir or, between the renames, its previous checkpoint aside: this
+    undoes that first, so ``last`` is always the last complete checkpoint. Idempotent, so a caller may ask
+    before training starts (the pipeline logs the answer).
+    """
+    if not cfg.resume:
+        return 0
+    last = Path(cfg.out_dir) / LAST_CHECKPOINT
+    recover_interrupted_save(last)
+    try:
+        return int(read_checkpoint_config(last)["extra"]["step"])
+    except (CheckpointError, KeyError):
+        return 0  # none yet, or one `_restore` will refuse with its own error
+
+
 def _reseed(cfg: TrainConfig, step: int, rank: int) -> None:
     torch.manual_seed(_mix(cfg.seed, step, rank, 1))
 
@@ -307,9 +322,8 @@ def _train(cfg: TrainConfig, train_blocks: Dataset, val_blocks: Dataset | None, 
     last_path = out_dir / LAST_CHECKPOINT
 
     if cfg.resume:
-        # A run killed mid-save left a partial temp dir or, between the renames, its previous checkpoint aside.
         if ddp.is_main:
-            recover_interrupted_save(last_path)
+            resume_step(cfg)  # for its repair of a save a killed run left half done
         if ddp.world_size > 1:
             dist.barrier()
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and in every rerun

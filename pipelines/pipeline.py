@@ -15,12 +15,12 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from components import DEFAULT_IMAGE
+from components.component import DEFAULT_IMAGE
 from components.data import ingest_common_crawl, ingest_hf, merge_dedup_split
-from components.registry import evaluate, register
-from components.tracking import start_run
+from components.evaluation import evaluate, register
+from components.params import PipelineParams
+from components.start import start_run
 from components.training import train_neuroq, train_tokenizer
-from pipelines.params import PipelineParams
 
 __all__ = [
     "CC_KNOBS",
@@ -133,13 +133,8 @@ def build_pipeline(checkpoint_pvc: str = "") -> Any:
 
         split = merge_dedup_split(params=params, run=run, hf_data=hf.outputs["data"], cc_data=cc.outputs["data"])
         tok = train_tokenizer(params=params, run=run, train_data=split.outputs["train_data"])
-        trained = train_neuroq(
-            params=params,
-            run=run,
-            train_data=split.outputs["train_data"],
-            val_data=split.outputs["val_data"],
-            tokenizer=tok.outputs["tokenizer"],
-        )
+        trained = train_neuroq(params=params, run=run, train_data=split.outputs["train_data"],
+                               val_data=split.outputs["val_data"], tokenizer=tok.outputs["tokenizer"])
         (
             trained.set_accelerator_type(TRAIN_RESOURCES["accelerator_type"])
             .set_accelerator_limit(gpus)
@@ -156,14 +151,9 @@ def build_pipeline(checkpoint_pvc: str = "") -> Any:
         if checkpoint_pvc:
             kubernetes.mount_pvc(trained, pvc_name=checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
         scored = evaluate(params=params, run=run, model=trained.outputs["model"], val_data=split.outputs["val_data"])
-        registered = register(
-            params=params,
-            run=run,
-            model=trained.outputs["model"],
-            train_data=split.outputs["train_data"],
-            val_data=split.outputs["val_data"],
-            metrics=scored.outputs["metrics"],
-        )
+        registered = register(params=params, run=run, model=trained.outputs["model"],
+                              train_data=split.outputs["train_data"], val_data=split.outputs["val_data"],
+                              metrics=scored.outputs["metrics"])
         # Every step past the ingest writes to MLflow under this run's parent: a cache hit would skip that logging
         # (and the registration) while reporting success, so those steps always run.
         for task in (split, tok, trained, scored, registered):

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from neuroq.errors import NeuroQError
-from pipelines.params import PipelineParams, add_arguments, from_arguments
+from components.params import PipelineParams, add_arguments, from_arguments
+from neuroq.cli import run_command
 
 DEFAULT_PIPELINE_ROOT = "runs/kfp"
 
@@ -39,7 +39,7 @@ def run_local(
     """
     from kfp import local
 
-    from pipelines import tracking
+    from components.steps import tracking
     from pipelines.pipeline import neuroq_pipeline
 
     # The subprocess runner uses this environment whatever image a task names, and GPU/CPU/memory requests
@@ -65,7 +65,7 @@ def champion_samples(params: PipelineParams, tracking_uri: str = "") -> list[str
     """Chat answers of `models:/<name>@champion` to a few prompts: what a user of the registry gets."""
     import mlflow
 
-    from pipelines import tracking
+    from components.steps import tracking
 
     mlflow.set_tracking_uri(tracking.resolve_tracking_uri(tracking_uri))
     model = mlflow.pyfunc.load_model(f"models:/{params.registered_model_name}@champion")
@@ -139,26 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "compile":
-            print(compile_pipeline(args.out, checkpoint_pvc=args.checkpoint_pvc))
-        elif args.command == "local":
-            params = from_arguments(args)
-            print(run_local(params, pipeline_root=args.pipeline_root, tracking_uri=args.tracking_uri,
-                            run_name=args.run_name))
-            print(f"models:/{params.registered_model_name}@champion answers:")
-            for line in champion_samples(params, args.tracking_uri):
-                print(f"  {line}")
-        else:
-            result = submit(from_arguments(args), host=args.host, tracking_uri=args.tracking_uri,
-                            experiment=args.experiment, run_name=args.run_name, image=args.image,
-                            checkpoint_pvc=args.checkpoint_pvc)
-            print(f"submitted run {result.run_id}")
-    except NeuroQError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: _run(args))
 
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "compile":
+        print(compile_pipeline(args.out, checkpoint_pvc=args.checkpoint_pvc))
+    elif args.command == "local":
+        params = from_arguments(args)
+        print(run_local(params, pipeline_root=args.pipeline_root, tracking_uri=args.tracking_uri,
+                        run_name=args.run_name))
+        print(f"models:/{params.registered_model_name}@champion answers:")
+        for line in champion_samples(params, args.tracking_uri):
+            print(f"  {line}")
+    else:
+        result = submit(from_arguments(args), host=args.host, tracking_uri=args.tracking_uri,
+                        experiment=args.experiment, run_name=args.run_name, image=args.image,
+                        checkpoint_pvc=args.checkpoint_pvc)
+        print(f"submitted run {result.run_id}")
 
 if __name__ == "__main__":
     sys.exit(main())

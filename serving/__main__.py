@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--name", default=SUPPRESS)
     ev.add_argument("--alias", default=SUPPRESS)
     ev.add_argument("--version", default=SUPPRESS)
-    ev.add_argument("--data-dir", default=SUPPRESS, help="default: $NEUROQ_DATA_DIR or ../shared/data")
+    ev.add_argument("--data-dir", default=SUPPRESS, help="default: $NEUROQ_DATA_DIR or shared/data beside the checkout")
     ev.add_argument("--sts-sets", nargs="+", choices=["jsts", "jsick"], default=SUPPRESS)
     ev.add_argument("--max-pairs", type=int, default=SUPPRESS)
     ev.add_argument("--questions", type=int, default=SUPPRESS)
@@ -83,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.set_tracking_uri(tracking_uri)
 
     if command == "register":
-        from serving.registry import RegisterConfig, register
+        from serving.ruri.register import RegisterConfig, register
 
         summary = asdict(register(RegisterConfig(**args)))
     elif command == "evaluate":
-        from serving.evaluate_ruri import EvalConfig, evaluate
+        from serving.ruri.evaluate import EvalConfig, evaluate
 
         if "sts_sets" in args:
             args["sts_sets"] = tuple(args["sts_sets"])
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             args["gates"] = dict(args["gates"])
         summary = asdict(evaluate(EvalConfig(**args)))
     elif command == "alias":
-        from serving.registry import set_alias
+        from serving.ruri.register import set_alias
 
         set_alias(args["name"], args["alias"], args["version"])
         summary = args

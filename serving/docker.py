@@ -7,7 +7,7 @@
 What `mlflow models generate-dockerfile -m URI -d DIR --env-manager local` writes (MLflow 3.17), kept as is:
 the model is downloaded into DIR/model_dir (MLmodel, `code/` with the `neuroq` / `serving` code_paths,
 `artifacts/`, requirements.txt, python_env.yaml) and copied to /opt/ml/model; the base image is
-`python:<the model's Python>-slim` (the Python it was logged with, so cloudpickled models load), nginx is
+`python:<the model's Python>-slim` (the Python it was logged with, so its code loads as it did then), nginx is
 installed, then `pip install mlflow==<this MLflow>`, then the model's requirements.txt; the entrypoint runs
 nginx on :8080 in front of uvicorn (:8000) with `MLFLOW_MODELS_WORKERS` workers, and nginx passes only
 `/ping` and `/invocations` (bodies up to 100 MB). `--env-manager virtualenv|conda` switch to ubuntu:24.04 with

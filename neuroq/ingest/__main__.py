@@ -23,7 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from neuroq.errors import ConfigError, NeuroQError
+from neuroq.cli import run_command
+from neuroq.errors import ConfigError
 from neuroq.ingest.config import CommonCrawlConfig, HFSourceConfig, IngestConfig
 from neuroq.ingest.pipeline import run_ingest
 
@@ -109,20 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = build_config(args)
-        if args.print_config:
-            print(json.dumps(config.to_dict(), ensure_ascii=False, indent=2))
-            return 0
-        result = run_ingest(config)
-    except NeuroQError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> None:
+    config = build_config(args)
+    if args.print_config:
+        print(json.dumps(config.to_dict(), ensure_ascii=False, indent=2))
+        return
+    result = run_ingest(config)
     manifest = result.manifest
     print(json.dumps({"output_dir": str(result.output_dir), "documents_in": manifest["documents_in"],
                       "documents_out": manifest["documents_out"], "content_digest": manifest["content_digest"],
                       "stages": manifest["stages"]}, ensure_ascii=False, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

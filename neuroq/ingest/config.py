@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
 from neuroq.errors import ConfigError
+from neuroq.validation import is_int, is_number, require
 
 __all__ = [
     "CommonCrawlConfig",
@@ -23,25 +24,6 @@ __all__ = [
     "SourceConfig",
     "DEFAULT_BOILERPLATE_PATTERNS",
 ]
-
-
-def _check_fraction(owner: object, name: str, *, allow_one: bool = True) -> None:
-    value = getattr(owner, name)
-    upper_ok = value <= 1 if allow_one else value < 1
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value and upper_ok):
-        bound = "[0, 1]" if allow_one else "[0, 1)"
-        raise ConfigError(f"{type(owner).__name__}.{name} must be a number in {bound}, got {value!r}")
-
-
-def _check_positive(owner: object, name: str, *, optional: bool = False, allow_zero: bool = False) -> None:
-    value = getattr(owner, name)
-    if optional and value is None:
-        return
-    low_ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    if not low_ok:
-        what = "a non-negative integer" if allow_zero else "a positive integer"
-        suffix = " or None" if optional else ""
-        raise ConfigError(f"{type(owner).__name__}.{name} must be {what}{suffix}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -78,11 +60,12 @@ class HFSourceConfig:
             raise ConfigError("HFSourceConfig.path is empty: give a hub dataset name, a builder name or a local path")
         files = (self.data_files,) if isinstance(self.data_files, str) else tuple(self.data_files)
         object.__setattr__(self, "data_files", files)  # lists become tuples: configs compare equal after JSON
-        _check_positive(self, "max_records", optional=True)
-        _check_positive(self, "max_chars", optional=True)
-        if self.text_sample_by not in ("line", "paragraph", "document"):
-            raise ConfigError("HFSourceConfig.text_sample_by must be line, paragraph or document, "
-                              f"got {self.text_sample_by!r}")
+        for name in ("max_records", "max_chars"):
+            value = getattr(self, name)
+            require(value is None or (is_int(value) and value > 0), f"HFSourceConfig.{name}",
+                    "a positive integer or None", value)
+        require(self.text_sample_by in ("line", "paragraph", "document"), "HFSourceConfig.text_sample_by",
+                "line, paragraph or document", self.text_sample_by)
         if self.template is not None and "{" not in self.template:
             raise ConfigError(f"HFSourceConfig.template {self.template!r} names no column: use {{column}} fields")
 
@@ -122,10 +105,14 @@ class CommonCrawlConfig:
     def __post_init__(self) -> None:
         if not self.crawl_id or "/" in self.crawl_id:
             raise ConfigError(f"CommonCrawlConfig.crawl_id must look like 'CC-MAIN-2024-10', got {self.crawl_id!r}")
-        _check_positive(self, "first_file", allow_zero=True)
-        _check_positive(self, "max_files", optional=True)
-        _check_positive(self, "max_records", optional=True)
-        _check_positive(self, "max_attempts")
+        require(is_int(self.first_file) and self.first_file >= 0, "CommonCrawlConfig.first_file",
+                "a non-negative integer", self.first_file)
+        for name in ("max_files", "max_records"):
+            value = getattr(self, name)
+            require(value is None or (is_int(value) and value > 0), f"CommonCrawlConfig.{name}",
+                    "a positive integer or None", value)
+        require(is_int(self.max_attempts) and self.max_attempts > 0, "CommonCrawlConfig.max_attempts",
+                "a positive integer", self.max_attempts)
         if self.anonymous and self.profile:
             raise ConfigError("CommonCrawlConfig.profile is set but anonymous=True: "
                               "set anonymous=False to sign requests")
@@ -195,10 +182,13 @@ class QualityConfig:
                      "max_duplicate_paragraph_fraction", "max_duplicate_paragraph_char_fraction",
                      "max_symbol_ratio", "max_digit_ratio", "max_ellipsis_line_fraction",
                      "min_terminal_punct_line_fraction"):
-            _check_fraction(self, name)
-        _check_positive(self, "min_chars", allow_zero=True)
-        _check_positive(self, "max_chars")
-        _check_positive(self, "boilerplate_max_line_chars")
+            value = getattr(self, name)
+            require(is_number(value) and 0 <= value <= 1, f"QualityConfig.{name}", "a number in [0, 1]", value)
+        require(is_int(self.min_chars) and self.min_chars >= 0, "QualityConfig.min_chars", "a non-negative integer",
+                self.min_chars)
+        for name in ("max_chars", "boilerplate_max_line_chars"):
+            value = getattr(self, name)
+            require(is_int(value) and value > 0, f"QualityConfig.{name}", "a positive integer", value)
         if self.min_chars > self.max_chars:
             raise ConfigError(f"QualityConfig.min_chars ({self.min_chars}) exceeds max_chars ({self.max_chars})")
         for entry in self.max_top_ngram_char_fractions:
@@ -222,11 +212,11 @@ class DedupConfig:
     verify_candidates: bool = True
 
     def __post_init__(self) -> None:
-        _check_positive(self, "ngram_size")
-        _check_positive(self, "num_perm")
-        _check_fraction(self, "threshold")
-        if self.threshold == 0:
-            raise ConfigError("DedupConfig.threshold must be above 0 (0 would call every pair a duplicate)")
+        for name in ("ngram_size", "num_perm"):
+            value = getattr(self, name)
+            require(is_int(value) and value > 0, f"DedupConfig.{name}", "a positive integer", value)
+        require(is_number(self.threshold) and 0 < self.threshold <= 1, "DedupConfig.threshold",
+                "a number in (0, 1] (0 would call every pair a duplicate)", self.threshold)
 
 
 @dataclass(frozen=True)
@@ -242,10 +232,12 @@ class OutputConfig:
     overwrite: bool = False  # replace a non-empty output_dir instead of refusing
 
     def __post_init__(self) -> None:
-        if self.format not in ("jsonl", "jsonl.gz", "parquet"):
-            raise ConfigError(f"OutputConfig.format must be jsonl, jsonl.gz or parquet, got {self.format!r}")
-        _check_positive(self, "max_documents_per_shard")
-        _check_fraction(self, "val_fraction", allow_one=False)
+        require(self.format in ("jsonl", "jsonl.gz", "parquet"), "OutputConfig.format", "jsonl, jsonl.gz or parquet",
+                self.format)
+        require(is_int(self.max_documents_per_shard) and self.max_documents_per_shard > 0,
+                "OutputConfig.max_documents_per_shard", "a positive integer", self.max_documents_per_shard)
+        require(is_number(self.val_fraction) and 0 <= self.val_fraction < 1, "OutputConfig.val_fraction",
+                "a number in [0, 1)", self.val_fraction)
 
 
 @dataclass(frozen=True)
@@ -282,8 +274,7 @@ class IngestConfig:
         for index, raw in enumerate(data.get("sources", ())):
             raw = dict(raw)
             kind = raw.pop("kind", None)
-            if kind not in kinds:
-                raise ConfigError(f"IngestConfig.sources[{index}].kind must be one of {sorted(kinds)}, got {kind!r}")
+            require(kind in kinds, f"IngestConfig.sources[{index}].kind", f"one of {sorted(kinds)}", kind)
             sources.append(_build(kinds[kind], raw, f"sources[{index}]"))
         parts = {name: _build(sub, data[name], name) for name, sub in
                  (("quality", QualityConfig), ("dedup", DedupConfig), ("output", OutputConfig)) if name in data}

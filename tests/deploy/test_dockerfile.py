@@ -24,9 +24,9 @@ import yaml
 from mlflow.models import Model
 
 from neuroq.errors import ConfigError
-from serving import registry as ruri_registry
 from serving.docker import CONTEXT_MODEL_DIR, CPU_TORCH_INDEX, VARIANTS, DockerfileConfig, generate_dockerfile, main
-from serving.generation import default_requirements
+from serving.generation.log import default_requirements
+from serving.ruri import register as ruri_registry
 from tests.deploy.image_env import image_site
 from tests.serving.tiny_models import HIDDEN
 
@@ -49,24 +49,24 @@ class Served:
 @pytest.fixture(scope="module")
 def served(registry, checkpoint_dir, store, registered_embed, registered_rerank, tiny_bi_encoder_dir,
            tiny_cross_encoder_dir) -> dict[str, Served]:
-    ruri = ("serving/protocol.py", "serving/encoder.py")
+    ruri = ("serving/base/model.py", "serving/base/encoder.py")
     return {
         "neuroq": Served(
             f"models:/{registry.name}@champion", registry.tracking_uri, default_requirements(),
-            ("serving/generation.py", "serving/protocol.py", "neuroq/model.py", "neuroq/generate.py"),
+            ("serving/generation/model.py", "serving/base/model.py", "neuroq/model.py", "neuroq/generate.py"),
             {f"artifacts/{name}": checkpoint_dir / name for name in
              ("model.safetensors", "config.json", "tokenizer.model")},
             {"prompt": "こんにちは", "max_tokens": 4, "seed": 0},
         ),
         "ruri-embed": Served(
             f"models:/{registered_embed.name}@champion", store.tracking_uri, ruri_registry.pip_requirements(),
-            ("serving/embeddings.py", *ruri),
+            ("serving/embeddings/model.py", *ruri),
             {"artifacts/model/model.safetensors": tiny_bi_encoder_dir / "model.safetensors"},
             {"input": ["東京は日本の首都です。", "猫はかわいい"]},
         ),
         "ruri-rerank": Served(
             f"models:/{registered_rerank.name}@champion", store.tracking_uri, ruri_registry.pip_requirements(),
-            ("serving/rerank.py", *ruri),
+            ("serving/rerank/model.py", *ruri),
             {"artifacts/model/model.safetensors": tiny_cross_encoder_dir / "model.safetensors"},
             {"query": "東京", "documents": ["東京は日本の首都です。", "猫はかわいい"]},
         ),

@@ -22,10 +22,9 @@ import pytest
 import requests
 import yaml
 
-from components import DEFAULT_IMAGE
-from serving.encoder import pick_device
-from serving.generation import GenerationSettings
-from serving.protocol import ENV_PREFIX, BatchConfig, Limits
+from components.component import DEFAULT_IMAGE
+from serving.base.settings import ENV_PREFIX, BatchConfig, Limits, pick_device
+from serving.generation.settings import GenerationSettings
 from tests.support.mlflow_server import mlflow_server
 from tests.support.s3server import SeaweedS3
 

@@ -16,12 +16,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from components.params import PipelineParams
+from components.steps import base, data, training
+from components.steps.base import RunRef, text_digest
+from components.steps.tracking import RETRY_ENV, RetryPolicy
 import neuroq.train
 from neuroq.train import MetricsCallback, train
-from pipelines import steps
-from pipelines.params import PipelineParams
-from pipelines.steps import RunRef, text_digest
-from pipelines.tracking import RETRY_ENV, RetryPolicy
 from serving.promotion import CHALLENGER, CHAMPION, score_tag
 from tests.support.pyfunc_models import Constant
 from tests.support.training import blocks, corpus, tiny_config  # noqa: F401 (corpus is a fixture)
@@ -120,10 +120,10 @@ def file_hashes(folder: Path) -> dict[str, str]:
 
 def train_neuroq_inputs(params: PipelineParams, tracking_uri: str, root: Path) -> tuple[PipelineParams, RunRef, Path]:
     """The bundled corpus split and tokenized under `root`, in a pipeline parent run: what train_neuroq reads."""
-    steps.ingest_hf(params, str(root / "hf"))
-    run = steps.start(params, tracking_uri=tracking_uri)
-    steps.merge_dedup_split(params, run, [str(root / "hf")], str(root / "train"), str(root / "val"))
-    steps.train_tokenizer(params, run, str(root / "train"), str(root / "tokenizer.model"))
+    data.ingest_hf(params, str(root / "hf"))
+    run = base.start(params, tracking_uri=tracking_uri)
+    data.merge_dedup_split(params, run, [str(root / "hf")], str(root / "train"), str(root / "val"))
+    training.train_tokenizer(params, run, str(root / "train"), str(root / "tokenizer.model"))
     return params, run, root
 
 
@@ -132,7 +132,7 @@ def run_train_neuroq(inputs: tuple[PipelineParams, RunRef, Path], name: str = "m
     and its output folder `root/name`."""
     params, run, root = inputs
     out = root / name
-    summary = steps.train_neuroq(dataclasses.replace(params, **changes), run, str(root / "train"), str(root / "val"),
+    summary = training.train_neuroq(dataclasses.replace(params, **changes), run, str(root / "train"), str(root / "val"),
                                  str(root / "tokenizer.model"), str(out))
     return summary, out
 

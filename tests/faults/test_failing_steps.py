@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from components.steps import base
+from components.steps.evaluation import evaluate, register
 from neuroq.errors import CheckpointError
-from pipelines import steps
 from serving.promotion import CHALLENGER, CHAMPION, Evaluation, PromotionError, promote
 from tests.faults.conftest import aliases, seed_registry, step_params
 
@@ -37,16 +38,16 @@ def test_evaluate_and_register_on_corrupted_weights_move_no_alias(store, trained
     name = "corrupted"
     before = seed_registry(store, name, val_dir)
     params = step_params(name)
-    run = steps.start(params, tracking_uri=store)
+    run = base.start(params, tracking_uri=store)
     corrupted = Path(shutil.copytree(trained, tmp_path / "model"))
     weights = corrupted / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])  # an interrupted copy of the train step's output
 
     with pytest.raises(CheckpointError, match="model.safetensors is truncated or corrupt"):
-        steps.evaluate(params, run, str(corrupted), str(val_dir))
+        evaluate(params, run, str(corrupted), str(val_dir))
     with pytest.raises(CheckpointError, match="model.safetensors is truncated or corrupt"):
-        steps.register(params, run, str(corrupted), str(val_dir),
-                       evaluation={"val_bits_per_char": 0.1, "validation_digest": "d"}, train_digest="t")
+        register(params, run, str(corrupted), str(val_dir),
+                 evaluation={"val_bits_per_char": 0.1, "validation_digest": "d"}, train_digest="t")
 
     assert aliases(client, name) == before == {CHAMPION: "1", CHALLENGER: "2"}
     assert len(client.search_model_versions(f"name = '{name}'")) == 2
@@ -63,13 +64,13 @@ def test_a_register_step_failing_after_its_version_is_registered_leaves_that_ver
     name = "unscorable-champion"
     before = seed_registry(store, name, val_dir)
     params = step_params(name)
-    run = steps.start(params, tracking_uri=store)
-    evaluation = steps.evaluate(params, run, str(trained), str(val_dir))
+    run = base.start(params, tracking_uri=store)
+    evaluation = evaluate(params, run, str(trained), str(val_dir))
     shutil.rmtree(Path(client.get_model_version_download_uri(name, "1")))
     other_text = {**evaluation, "validation_digest": "f" * 64}  # the champion has no score on this text
 
     with pytest.raises(PromotionError, match="champion version 1 could not be re-scored .* so no alias moved"):
-        steps.register(params, run, str(trained), str(val_dir), evaluation=other_text, train_digest="t")
+        register(params, run, str(trained), str(val_dir), evaluation=other_text, train_digest="t")
 
     assert aliases(client, name) == before
     new = client.get_model_version(name, "3")

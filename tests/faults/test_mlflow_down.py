@@ -16,9 +16,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from components.steps import base, evaluation
+from components.steps.tracking import TrackingUnavailableError
 from neuroq.checkpoint import load_checkpoint, verify_checkpoint
-from pipelines import steps
-from pipelines.tracking import TrackingUnavailableError
 from serving.promotion import CHALLENGER, CHAMPION
 from tests.faults.conftest import aliases, file_hashes, seed_registry, step_params
 from tests.support.mlflow_server import MlflowServer, mlflow_server
@@ -56,12 +56,12 @@ def test_s3_then_the_tracking_server_down_at_register_fail_clearly_and_fast_and_
     client = MlflowClient(server.url)
     before = seed_registry(server.url, name, val_dir)
     params = step_params(name)
-    run = steps.start(params, tracking_uri=server.url)
-    evaluation = steps.evaluate(params, run, str(trained), str(val_dir))
+    run = base.start(params, tracking_uri=server.url)
+    scores = evaluation.evaluate(params, run, str(trained), str(val_dir))
     hashes = file_hashes(trained)
 
     def register():
-        return steps.register(params, run, str(trained), str(val_dir), evaluation=evaluation, train_digest="t")
+        return evaluation.register(params, run, str(trained), str(val_dir), evaluation=scores, train_digest="t")
 
     # 1. The S3 store behind the server is down: the model upload fails; the server records the failure.
     s3.stop(keep_data=True)

@@ -16,10 +16,11 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from components.params import PipelineParams
+from components.steps import torchrun
+from components.steps.tracking import TrackingUnavailableError
+from components.steps.training_metrics import TrainingMetricsLogger
 from neuroq.checkpoint import load_checkpoint, verify_checkpoint
-from pipelines import distributed
-from pipelines.params import PipelineParams
-from pipelines.tracking import TrackingUnavailableError, TrainingMetricsLogger
 from tests.faults.conftest import call_first_in_training, run_train_neuroq, train_neuroq_inputs
 from tests.pipeline.conftest import TINY
 from tests.support.mlflow_server import MlflowServer, mlflow_server
@@ -100,7 +101,7 @@ def test_the_server_still_down_when_training_ends_fails_the_step_after_the_weigh
 
 def test_the_metrics_torchrun_rank_0_could_not_log_are_sent_by_the_step(prepared, server, monkeypatch):
     """gpus=2: the outage covers the whole torchrun launch, so rank 0 hands every metric back to the step."""
-    real_launch = distributed.launch
+    real_launch = torchrun.launch
 
     def launch_during_outage(*args, **kwargs):
         server.kill()
@@ -109,7 +110,7 @@ def test_the_metrics_torchrun_rank_0_could_not_log_are_sent_by_the_step(prepared
         finally:
             server.start()
 
-    monkeypatch.setattr(distributed, "launch", launch_during_outage)
+    monkeypatch.setattr(torchrun, "launch", launch_during_outage)
 
     summary, _ = run_train_neuroq(prepared, gpus=2, batch_size=4)
 

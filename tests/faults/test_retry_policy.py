@@ -7,8 +7,8 @@ import os
 import mlflow.environment_variables as env
 import pytest
 
+from components.steps.tracking import RETRY_ENV, RetryPolicy
 from neuroq.errors import ConfigError
-from pipelines.tracking import RETRY_ENV, RetryPolicy
 
 # MLflow's own knobs, read by every MLflow HTTP request.
 VARIABLES = tuple(variable.name for variable in (

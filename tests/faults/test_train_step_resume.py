@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import tracking
-from pipelines.params import PipelineParams
+from components.params import PipelineParams
+from components.steps import training_metrics
 from tests.faults.conftest import call_first_in_training, run_train_neuroq, train_neuroq_inputs
 from tests.pipeline.conftest import TINY
 
@@ -94,7 +94,7 @@ def test_a_step_that_failed_after_training_does_not_train_again(prepared, crash,
         raise ConnectionError("MLflow went away while the plot was uploaded")
 
     with monkeypatch.context() as patch:
-        patch.setattr(tracking, "log_loss_curve", plot_fails)
+        patch.setattr(training_metrics, "log_loss_curve", plot_fails)
         with pytest.raises(ConnectionError):
             train_step(prepared, "model", gpus=gpus)
     first = weights_digest(prepared[2] / "model")

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 import neuroq.checkpoint as checkpoint
-from neuroq.data import PackedBlocks
 from neuroq.model import NeuroQ
+from neuroq.shards import PackedBlocks
 from neuroq.tokenizer import NeuroQTokenizer
 from neuroq.train import LAST_CHECKPOINT, TrainConfig, train
 

@@ -13,7 +13,9 @@ import torch
 
 from neuroq.__main__ import build_parser, main
 from neuroq.checkpoint import load_checkpoint, save_checkpoint
+from neuroq.cli import run_command
 from neuroq.corpus import bundled_dialogues
+from neuroq.errors import ConfigError, DataError
 from neuroq.generate import GenerationConfig
 from neuroq.model import NeuroQ, NeuroQConfig
 from neuroq.tokenizer import NeuroQTokenizer, TokenizerConfig
@@ -161,6 +163,21 @@ def test_train_then_resume_continues_the_same_run(tmp_path, capsys):
     code, out, _ = run_main([*args[:8], "9", *args[9:], "--resume"], capsys)
     assert code == 0 and json.loads(out)["steps"] == 9
     assert json.loads(out)["tokens_seen"] == 9 * 4 * 32
+
+
+def test_run_command_turns_a_library_error_into_one_line_and_an_exit_status(capsys):
+    def fails(error: Exception):
+        def command() -> None:
+            raise error
+        return command
+
+    assert run_command(lambda: None) == 0
+    assert run_command(fails(DataError("no input"))) == 2
+    assert capsys.readouterr().err == "error: no input\n"
+    assert run_command(fails(ConfigError("x must be 1")), prog="tool sub", status=1) == 1
+    assert capsys.readouterr().err == "tool sub: error: x must be 1\n"
+    with pytest.raises(ValueError):
+        run_command(fails(ValueError("a bug")))  # not a library error: the traceback is the useful output
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""neuroq.data: reading corpora, the deterministic split, token shards and memory-mapped training blocks."""
+"""neuroq.data (reading corpora, the deterministic split) and neuroq.shards (token shards, memory-mapped blocks)."""
 
 from __future__ import annotations
 
@@ -17,17 +17,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from neuroq.corpus import bundled_dialogues
-from neuroq.data import (
-    MANIFEST_NAME,
-    PackedBlocks,
-    count_chars,
-    is_validation,
-    load_manifest,
-    read_texts,
-    split_documents,
-    write_token_shards,
-)
+from neuroq.data import count_chars, is_validation, read_texts, split_documents
 from neuroq.errors import ConfigError, DataError
+from neuroq.shards import MANIFEST_NAME, PackedBlocks, load_manifest, write_token_shards
 from neuroq.tokenizer import BOS_ID, EOS_ID, NeuroQTokenizer, TokenizerConfig
 
 

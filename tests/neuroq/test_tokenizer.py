@@ -12,6 +12,7 @@ import pytest
 import sentencepiece as spm
 
 from neuroq.corpus import bundled_dialogues
+from neuroq.data import read_texts
 from neuroq.errors import ConfigError, DataError, TokenizerError
 from neuroq.tokenizer import (
     ASSISTANT_ID,
@@ -187,9 +188,17 @@ def test_training_from_files_equals_training_from_the_same_texts(small_config: T
     with gzip.open(tmp_path / "b.jsonl.gz", "wt", encoding="utf-8") as f:
         f.writelines(json.dumps({"text": s}, ensure_ascii=False) + "\n" for s in SENTENCES[20:])
     from_texts = NeuroQTokenizer.train(iter(SENTENCES), small_config)
-    assert NeuroQTokenizer.train(tmp_path, small_config) == from_texts
-    assert NeuroQTokenizer.train(str(tmp_path), small_config) == from_texts
-    assert NeuroQTokenizer.train([str(tmp_path / "a.txt"), tmp_path / "b.jsonl.gz"], small_config) == from_texts
+    assert NeuroQTokenizer.train(read_texts(tmp_path), small_config) == from_texts
+    assert NeuroQTokenizer.train(read_texts(str(tmp_path)), small_config) == from_texts
+    assert NeuroQTokenizer.train(read_texts([str(tmp_path / "a.txt"), tmp_path / "b.jsonl.gz"]),
+                                 small_config) == from_texts
+
+
+def test_a_bare_string_or_path_is_refused_instead_of_read_as_characters(small_config: TokenizerConfig,
+                                                                       tmp_path: Path) -> None:
+    for source in ("今朝は早起きした。", tmp_path):
+        with pytest.raises(TokenizerError, match="read_texts"):
+            NeuroQTokenizer.train(source, small_config)  # type: ignore[arg-type]
 
 
 def test_a_list_of_texts_is_training_text_even_if_one_looks_like_a_word(small_config: TokenizerConfig) -> None:
@@ -209,7 +218,7 @@ def test_a_reader_error_during_training_keeps_its_type(small_config: TokenizerCo
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "よい行"}\n{"body": "text の無い行"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"bad\.jsonl:2"):
-        NeuroQTokenizer.train(bad, small_config)
+        NeuroQTokenizer.train(read_texts(bad), small_config)
 
 
 def test_a_vocabulary_larger_than_the_corpus_supports_names_the_limit() -> None:

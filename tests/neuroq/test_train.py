@@ -192,7 +192,7 @@ DDP_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
     torch.set_num_threads(1)
-    from neuroq.data import PackedBlocks
+    from neuroq.shards import PackedBlocks
     from neuroq.model import NeuroQConfig
     from neuroq.tokenizer import NeuroQTokenizer
     from neuroq.train import TrainConfig, train

@@ -17,7 +17,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.params import PipelineParams
+from components.params import PipelineParams
 from tests.support.mlflow_server import MlflowServer, mlflow_server
 from tests.support.s3server import SeaweedS3
 

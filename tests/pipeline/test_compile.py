@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.params import PipelineParams
+from components.params import PipelineParams
 from pipelines.pipeline import (
     CHECKPOINT_MOUNT,
     RUN_PARAMETERS,

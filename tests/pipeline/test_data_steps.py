@@ -16,9 +16,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from warcio.warcwriter import WARCWriter
 
+from components.params import PipelineParams
+from components.steps import base, data
 from neuroq.corpus import bundled_dialogues
-from pipelines import steps
-from pipelines.params import PipelineParams
 from tests.support.s3server import SeaweedS3
 
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ def test_bundled_and_common_crawl_sources_are_merged_deduplicated_and_split(craw
         data_sources="bundled,common_crawl", cc_crawl_id=CRAWL_ID, cc_endpoint_url=crawl.endpoint_url,
         cc_max_records=5, val_fraction=0.2, experiment_name="data-steps",
     )
-    cc = steps.ingest_common_crawl(params, str(tmp_path / "cc"))
+    cc = data.ingest_common_crawl(params, str(tmp_path / "cc"))
     [source] = cc["sources"]
     assert source["label"] == f"cc:{CRAWL_ID}"
     assert source["stages"]["source"]["in"] == 5
@@ -71,18 +71,18 @@ def test_bundled_and_common_crawl_sources_are_merged_deduplicated_and_split(craw
     kept_pages = cc["documents_out"]
     assert kept_pages >= 1, source
 
-    hf = steps.ingest_hf(params, str(tmp_path / "hf"))
+    hf = data.ingest_hf(params, str(tmp_path / "hf"))
     assert [s["label"] for s in hf["sources"]] == ["bundled:chatterbot-corpus-japanese"]
 
-    run = steps.start(params, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    train, val = steps.merge_dedup_split(
+    run = base.start(params, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    train, val = data.merge_dedup_split(
         params, run, [str(tmp_path / "hf"), str(tmp_path / "cc")], str(tmp_path / "train"), str(tmp_path / "val")
     )
-    assert train["documents"] > 0 and val["documents"] > 0
+    assert train["documents_out"] > 0 and val["documents_out"] > 0
     assert {s["label"] for s in train["sources"]} == {"bundled:chatterbot-corpus-japanese", f"cc:{CRAWL_ID}"}
     written = [json.loads(line) for f in sorted((tmp_path / "train").glob("*.jsonl")) for line in f.open()]
-    assert len(written) == train["documents"]
-    assert train["digest"] == steps.text_digest(record["text"] for record in written)
+    assert len(written) == train["documents_out"]
+    assert train["content_digest"] == base.text_digest(record["text"] for record in written)
 
     client = MlflowClient(run.tracking_uri)
     [merge] = client.search_runs([client.get_experiment_by_name("data-steps").experiment_id],
@@ -95,4 +95,4 @@ def test_bundled_and_common_crawl_sources_are_merged_deduplicated_and_split(craw
     assert merge.data.metrics[f"cc_{CRAWL_ID}.source_in"] == 5
     mlflow.set_tracking_uri(run.tracking_uri)
     merged = mlflow.artifacts.load_dict(f"{merge.info.artifact_uri}/data/merged_manifest.json")
-    assert merged["documents_out"] == train["documents"] + val["documents"]
+    assert merged["documents_out"] == train["documents_out"] + val["documents_out"]

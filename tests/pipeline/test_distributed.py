@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 from mlflow.tracking import MlflowClient
 
+from components.params import PipelineParams
+from components.steps import base, data, training
 from neuroq.checkpoint import load_checkpoint
-from pipelines import steps
-from pipelines.params import PipelineParams
 from tests.pipeline.conftest import TINY
 
 pytestmark = pytest.mark.slow
@@ -23,17 +23,17 @@ def prepared(tmp_path_factory):
     """The bundled corpus, split and tokenized, under one pipeline parent run in a sqlite store."""
     root = tmp_path_factory.mktemp("distributed")
     params = PipelineParams(**{**TINY, "experiment_name": "distributed"}, max_steps=STEPS, dropout=0.0)
-    steps.ingest_hf(params, str(root / "hf"))
-    run = steps.start(params, tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    steps.merge_dedup_split(params, run, [str(root / "hf")], str(root / "train"), str(root / "val"))
-    steps.train_tokenizer(params, run, str(root / "train"), str(root / "tokenizer.model"))
+    data.ingest_hf(params, str(root / "hf"))
+    run = base.start(params, tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    data.merge_dedup_split(params, run, [str(root / "hf")], str(root / "train"), str(root / "val"))
+    training.train_tokenizer(params, run, str(root / "train"), str(root / "tokenizer.model"))
     return root, params, run
 
 
 def train_step(prepared, name: str, **changes):
     root, params, run = prepared
     params = dataclasses.replace(params, **changes)
-    summary = steps.train_neuroq(params, run, str(root / "train"), str(root / "val"), str(root / "tokenizer.model"),
+    summary = training.train_neuroq(params, run, str(root / "train"), str(root / "val"), str(root / "tokenizer.model"),
                                  str(root / name))
     client = MlflowClient(run.tracking_uri)
     [child] = [r for r in client.search_runs(client.get_experiment_by_name("distributed").experiment_id,

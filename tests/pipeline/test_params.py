@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
+from components.params import PipelineParams, add_arguments, from_arguments
 from neuroq.errors import ConfigError
-from pipelines.params import PipelineParams, add_arguments, from_arguments
 
 
 def test_values_that_kfp_turned_into_strings_come_back_typed():

@@ -6,8 +6,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import steps
-from pipelines.params import PipelineParams
+from components.params import PipelineParams
+from components.steps import base
+from components.steps.evaluation import evaluate, register
 from serving.promotion import CHALLENGER, CHAMPION, Evaluation, PromotionError, promote, score_tag
 from tests.support.pyfunc_models import Constant
 
@@ -122,7 +123,7 @@ def test_failing_evaluate_and_register_steps_move_no_alias_and_fail_the_pipeline
     promote(client, "neuroq-failing", champion, Evaluation(2.0, "digest-a", {}), smoke_test=lambda uri: None,
             rescore=_never)
     params = PipelineParams(registered_model_name="neuroq-failing", experiment_name="failing")
-    run = steps.start(params, tracking_uri=tracking_uri)
+    run = base.start(params, tracking_uri=tracking_uri)
     pointer = tmp_path / "checkpoint"
     pointer.mkdir()
     for name in ("model.safetensors", "config.json", "tokenizer.model"):
@@ -133,10 +134,10 @@ def test_failing_evaluate_and_register_steps_move_no_alias_and_fail_the_pipeline
     (val_dir / "part-00000.jsonl").write_text('{"text": "<USER>こんにちは<ASSISTANT>こんにちは"}\n', encoding="utf-8")
 
     with pytest.raises(Exception, match="LFS pointer"):
-        steps.evaluate(params, run, str(pointer), str(val_dir))
+        evaluate(params, run, str(pointer), str(val_dir))
     with pytest.raises(Exception, match="LFS pointer"):
-        steps.register(params, run, str(pointer), str(val_dir),
-                       evaluation={"val_bits_per_char": 0.1, "validation_digest": "digest-a"}, train_digest="x")
+        register(params, run, str(pointer), str(val_dir),
+                 evaluation={"val_bits_per_char": 0.1, "validation_digest": "digest-a"}, train_digest="x")
 
     assert _aliases("neuroq-failing") == {CHAMPION: champion, CHALLENGER: champion}
     assert client.get_run(run.parent_run_id).info.status == "FAILED"

@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from serving.registry import RegisterConfig, Registered, register
+from serving.ruri.register import RegisterConfig, Registered, register
 from tests.serving.helpers import MAX_SEQ_LENGTH
 from tests.serving.tiny_models import build_bi_encoder, build_cross_encoder
 from tests.support import fuzz

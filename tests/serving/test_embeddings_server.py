@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from serving.embeddings import RURI_V3_PROMPTS
+from serving.ruri.register import RURI_V3_PROMPTS
 from tests.serving.helpers import MAX_SEQ_LENGTH, assert_bad_request, invoke
 
 TEXTS = ["猫はかわいい動物です。", "東京は日本の首都です。", "明日の天気は雨"]

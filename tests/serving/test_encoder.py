@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from serving.encoder import BI_ENCODER, CROSS_ENCODER, TransformerRunner, load_model
+from serving.base.encoder import BI_ENCODER, CROSS_ENCODER, TransformerRunner, load_model
 from tests.serving.helpers import MAX_SEQ_LENGTH
 
 PREFIX = "検索クエリ: "

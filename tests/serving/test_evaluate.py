@@ -9,8 +9,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from serving.evaluate_ruri import EvalConfig, EvalDataError, evaluate, load_jsquad, rank_metrics
-from serving.registry import RegisterConfig, register
+from serving.ruri.evaluate import EvalConfig, EvalDataError, evaluate, load_jsquad, rank_metrics
+from serving.ruri.register import RegisterConfig, register
 
 
 def test_rank_metrics_for_one_relevant_document():

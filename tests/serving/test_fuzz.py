@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from serving.embeddings import FIELDS as EMBED_FIELDS
-from serving.rerank import FIELDS as RERANK_FIELDS
+from serving.embeddings.requests import FIELDS as EMBED_FIELDS
+from serving.rerank.requests import FIELDS as RERANK_FIELDS
 from tests.support import fuzz
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,7 @@ SHAPES = {
         fuzz.Shape("embed input", EMBED_BODY, EMBED_FIELDS),
         fuzz.Shape("embed inputs", EMBED_BODY, EMBED_FIELDS, wrap=lambda body: {"inputs": body}, envelope="inputs"),
     ],
-    # A rerank body may itself hold its fields inside "input" (serving.rerank), so adding one changes its shape.
+    # A rerank body may itself hold its fields inside "input" (serving.rerank.requests), so adding one changes its shape.
     "rerank": [
         fuzz.Shape("rerank input", RERANK_BODY, RERANK_FIELDS, wrap=lambda body: {"input": body},
                    selectors=frozenset({"input"})),

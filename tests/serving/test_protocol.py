@@ -11,10 +11,13 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from serving.embeddings import RURI_V3_PROMPTS, parse_embeddings_request
-from serving.protocol import BatchConfig, Limits, MicroBatcher, RequestError, plain, shorten_in_place
-from serving.rerank import parse_rerank_request
-from serving.scoring_guard import check_array_sizes, decode_json_object, install
+from serving.base.batcher import MicroBatcher
+from serving.base.request import RequestError, plain, shorten_in_place
+from serving.base.scoring_guard import check_array_sizes, decode_json_object, install
+from serving.base.settings import BatchConfig, Limits
+from serving.embeddings.requests import parse_embeddings_request
+from serving.rerank.requests import parse_rerank_request
+from serving.ruri.register import RURI_V3_PROMPTS
 
 LIMITS = Limits(max_items=4, max_chars=20, max_total_tokens=100)
 

@@ -11,9 +11,15 @@ import pytest
 from mlflow import MlflowClient
 
 from serving.__main__ import main
-from serving.embeddings import RURI_V3_PROMPTS
-from serving.encoder import BI_ENCODER, CROSS_ENCODER, TransformerRunner, detect_kind
-from serving.registry import RegisterConfig, RegistryError, choose_prompts, register, resolve_source
+from serving.base.encoder import BI_ENCODER, CROSS_ENCODER, TransformerRunner, detect_kind
+from serving.ruri.register import (
+    RURI_V3_PROMPTS,
+    RegisterConfig,
+    RegistryError,
+    choose_prompts,
+    register,
+    resolve_source,
+)
 from tests.serving.tiny_models import build_cross_encoder
 
 

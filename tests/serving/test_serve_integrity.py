@@ -10,7 +10,7 @@ import mlflow
 import pytest
 import yaml
 
-from serving.integrity import ArtifactIntegrityError
+from serving.base.integrity import ArtifactIntegrityError
 from tests.serving.helpers import LFS_POINTER, flip_a_byte, truncate
 from tests.support.mlflow_serve import ModelServer
 
@@ -46,7 +46,7 @@ def test_every_file_of_the_model_folder_is_recorded(downloaded, tiny_bi_encoder_
 
 def test_the_model_carries_the_code_it_was_logged_with(downloaded):
     code = downloaded["rerank"] / "code"
-    assert (code / "serving" / "integrity.py").is_file() and (code / "neuroq" / "checkpoint.py").is_file()
+    assert (code / "serving" / "base" / "integrity.py").is_file() and (code / "neuroq" / "checkpoint.py").is_file()
     assert not list(code.rglob("__pycache__"))
 
 

@@ -21,7 +21,7 @@ from neuroq.checkpoint import save_checkpoint
 from neuroq.corpus import bundled_dialogues
 from neuroq.model import NeuroQ, NeuroQConfig
 from neuroq.tokenizer import NeuroQTokenizer, TokenizerConfig
-from serving.generation import log_neuroq_model
+from serving.generation.log import log_neuroq_model
 from tests.support import fuzz
 from tests.support.mlflow_serve import ModelServer
 

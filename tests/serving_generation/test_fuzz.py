@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from serving.generation import _CHAT_FIELDS, _COMPLETION_FIELDS, _LEGACY_GENERATE_FIELDS, _TRAINING_FIELDS
+from serving.generation.legacy import LEGACY_GENERATE_FIELDS, TRAINING_FIELDS
+from serving.generation.requests import CHAT_FIELDS, COMPLETION_FIELDS
 from tests.support import fuzz
 
 pytestmark = pytest.mark.slow
@@ -39,11 +40,11 @@ def _row_names(records, path) -> set[str]:
 
 # One new token keeps a request that happens to be valid cheap; a mutated max_tokens may still ask for more.
 SHAPES = [
-    fuzz.Shape("completion", {"prompt": [PROMPT, "猫"], "max_tokens": 1, "temperature": 0.5}, _COMPLETION_FIELDS),
+    fuzz.Shape("completion", {"prompt": [PROMPT, "猫"], "max_tokens": 1, "temperature": 0.5}, COMPLETION_FIELDS),
     fuzz.Shape("chat", {"messages": [{"role": "system", "content": "丁寧に"}, {"role": "user", "content": PROMPT}],
-                        "max_tokens": 1, "stop": ["\n"]}, _CHAT_FIELDS),
+                        "max_tokens": 1, "stop": ["\n"]}, CHAT_FIELDS),
     fuzz.Shape("legacy generate", {"action": "generate", "prompt": PROMPT, "max_length": 1, "session_id": "fuzz-1"},
-               (*_LEGACY_GENERATE_FIELDS, *_TRAINING_FIELDS), wrap=lambda body: {"input": body}, prefix="input"),
+               (*LEGACY_GENERATE_FIELDS, *TRAINING_FIELDS), wrap=lambda body: {"input": body}, prefix="input"),
     fuzz.Shape("legacy status", {"action": "status"}, ("action", "session_id"), wrap=lambda body: {"input": body},
                prefix="input"),
     fuzz.Shape("legacy clear_session", {"action": "clear_session", "session_id": "fuzz-2"}, ("action", "session_id"),

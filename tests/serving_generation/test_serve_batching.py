@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import pytest
 
-import serving.generation
+import serving.generation.model
 
 
 @pytest.fixture
 def generate_calls(monkeypatch) -> list[int]:
     """Rows of every generate_ids call the pyfunc makes."""
     calls: list[int] = []
-    real = serving.generation.generate_ids
+    real = serving.generation.model.generate_ids
 
     def counting(model, prompt_ids, config, **kwargs):
         calls.append(len(prompt_ids) * config.n)
         return real(model, prompt_ids, config, **kwargs)
 
-    monkeypatch.setattr(serving.generation, "generate_ids", counting)
+    monkeypatch.setattr(serving.generation.model, "generate_ids", counting)
     return calls
 
 

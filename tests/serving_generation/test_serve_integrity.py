@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from neuroq.errors import CheckpointError
-from serving.generation import log_neuroq_model
-from serving.integrity import ArtifactIntegrityError
+from serving.base.integrity import ArtifactIntegrityError
+from serving.generation.log import log_neuroq_model
 from tests.serving.helpers import LFS_POINTER, flip_a_byte, truncate
 from tests.support.mlflow_serve import ModelServer
 
@@ -43,7 +43,7 @@ def test_logged_model_has_no_signature_and_records_each_artifact_digest(download
 
 def test_logged_model_carries_its_code_and_pins_torch_without_a_local_label(downloaded):
     assert (downloaded / "code" / "neuroq" / "generate.py").is_file()
-    assert (downloaded / "code" / "serving" / "generation.py").is_file()
+    assert (downloaded / "code" / "serving" / "generation" / "model.py").is_file()
     requirements = (downloaded / "requirements.txt").read_text().split()
     torch_pin = next(r for r in requirements if r.startswith("torch=="))
     assert "+" not in torch_pin
@@ -52,6 +52,21 @@ def test_logged_model_carries_its_code_and_pins_torch_without_a_local_label(down
 def test_intact_copy_loads(model_copy):
     model = mlflow.pyfunc.load_model(str(model_copy))
     assert model.predict({"input": {"action": "health"}})["status"] == "healthy"
+
+
+def test_loading_hashes_each_artifact_file_once(model_copy, monkeypatch):
+    """The artifact digests are checked at load; the checkpoint's own sha256 check is not run on the same bytes again."""
+    calls = []
+    real = hashlib.sha256
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "sha256", counting)
+    model = mlflow.pyfunc.load_model(str(model_copy))
+    assert model.predict({"input": {"action": "health"}})["status"] == "healthy"
+    assert len(calls) == len(("model.safetensors", "config.json", "tokenizer.model"))
 
 
 def test_flipped_bytes_in_the_weights_are_refused(model_copy):

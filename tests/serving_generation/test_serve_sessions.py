@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from serving.sessions import SessionStore, Turn
+from serving.generation.sessions import SessionStore, Turn
 
 
 def test_history_keeps_the_newest_turns_within_the_turn_bound(tmp_path):

@@ -281,7 +281,7 @@ def raw_cases(draw, shapes: Sequence[Shape]) -> Case:
 
 def mlflow_500s(body: dict, integer_field: str) -> list:
     """Requests (around a valid `body`) that MLflow 3.17's scoring server itself answered with HTTP 500, before
-    any model code ran, and what the refusal says now (serving/scoring_guard.py): pytest params of
+    any model code ran, and what the refusal says now (serving/base/scoring_guard.py): pytest params of
     (body, content type, status, text of the answer)."""
     valid = encode(body)
     return [

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from neuroq.corpus import bundled_dialogues
-from neuroq.data import PackedBlocks, split_documents, write_token_shards
+from neuroq.data import split_documents
 from neuroq.model import NeuroQConfig
+from neuroq.shards import PackedBlocks, write_token_shards
 from neuroq.tokenizer import NeuroQTokenizer, TokenizerConfig
 from neuroq.train import TrainConfig
 

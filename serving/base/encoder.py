@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from serving.base.settings import pick_device
 
 BI_ENCODER, CROSS_ENCODER = "bi-encoder", "cross-encoder"
 
@@ -22,12 +23,6 @@ class Tokenized:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def pick_device() -> str:
-    import torch
-
-    return os.environ.get("NEUROQ_SERVING_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def detect_kind(model_dir: str | Path) -> str:
@@ -127,6 +122,11 @@ class TransformerRunner:
     @property
     def dimension(self) -> int:
         return int(self.model.get_embedding_dimension())
+
+
+def with_prefix(texts: list[str], prefix: str) -> list[str]:
+    """`prefix` (a sentence-transformers prompt) before each text that does not already start with it."""
+    return [t if t.startswith(prefix) else prefix + t for t in texts]
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:

@@ -13,8 +13,9 @@ i.e. the same parse/prefix/batch code the server runs.
               the same article, then random ones; shuffled) -> jsquad_rerank_mrr_at_10,
               jsquad_rerank_ndcg_at_10.
 
-The data lives outside the product (../shared/data beside the checkout, or $NEUROQ_DATA_DIR, or
---data-dir): see that folder's README for sources and licenses.
+The data is not part of the repository: --data-dir, else $NEUROQ_DATA_DIR, else a `shared/data` folder beside
+the checkout, holding eval/jsts-valid-v1.3.json.gz and eval/jsquad-valid-v1.3.json.gz (JGLUE, CC BY-SA 4.0,
+Yahoo Japan Corporation) and eval/jsick-test.tsv.gz (JSICK, CC BY 4.0, Yanaka & Mineshima).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 
-from serving.embeddings import EmbeddingModel
-from serving.registry import experiment_id
+from serving.embeddings.model import EmbeddingModel
+from serving.ruri.register import experiment_id
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class EvalDataError(FileNotFoundError):
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get("NEUROQ_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    return Path(os.environ.get("NEUROQ_DATA_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data")
 
 
 @dataclass

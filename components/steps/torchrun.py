@@ -7,7 +7,7 @@ Rank 0 alone logs the per-step metrics into the step's MLflow run, exports the c
 `TrainResult` back for the step, with the metrics MLflow did not take (it was down), which the step then sends as
 after an in-process run.
 
-    python -m torch.distributed.run --standalone --nproc-per-node 4 -m pipelines.distributed SPEC.json
+    python -m torch.distributed.run --standalone --nproc-per-node 4 -m components.steps.torchrun SPEC.json
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from mlflow.entities import Metric
 
 from neuroq.errors import NeuroQError
 from neuroq.train import TrainConfig, TrainResult
-from pipelines.tracking import TrainingMetricsLogger
+from components.steps.training_metrics import TrainingMetricsLogger
 
 __all__ = ["TorchrunError", "TorchrunSpec", "launch", "main"]
 
@@ -37,7 +37,7 @@ class TorchrunSpec:
     """What every process needs, written to a JSON file that torchrun hands to each of them."""
 
     config: dict  # TrainConfig.to_dict()
-    train_tokens: str  # token shard folders (neuroq.data.write_token_shards)
+    train_tokens: str  # token shard folders (neuroq.shards.write_token_shards)
     val_tokens: str
     tokenizer: str
     tracking_uri: str
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     """One process of the torchrun launch (argv: the spec's path)."""
     import torch
 
-    from neuroq.data import PackedBlocks
+    from neuroq.shards import PackedBlocks
     from neuroq.tokenizer import NeuroQTokenizer
     from neuroq.train import train
 

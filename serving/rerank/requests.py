@@ -1,4 +1,4 @@
-"""Rerank pyfunc: the Cohere (v1/v2) and Jina rerank request and response.
+"""Rerank requests: the Cohere (v1/v2) and Jina rerank request and response.
 
 `mlflow models serve` hands a body to the model untouched only when it has a top-level `input` key,
 so the rerank body travels in one of two envelopes (both answered with the same standard response):
@@ -14,26 +14,15 @@ Rerank body:
   return_documents  bool                       default false: include {"text"} in each result
 Response: {"model", "results": [{"index", "relevance_score", "document": {"text"}}], "usage":
 {"prompt_tokens", "total_tokens"}}, best first.
-
-Scores come from a cross-encoder (sigmoid of its logit, in [0, 1]) or, when the logged model is a
-bi-encoder, from the cosine of the query and document embeddings (query/document prompts applied),
-in [-1, 1]. The logged model's `scorer` (model_config) decides.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from serving.embeddings import with_prefix
-from serving.encoder import BI_ENCODER, CROSS_ENCODER, TransformerRunner, l2_normalize, load_model
-from serving.protocol import (
-    Limits,
+from serving.base.request import (
     RequestError,
-    ServingModel,
     check_count,
-    check_total_tokens,
     clip_name,
     expect_object,
     optional_bool,
@@ -42,6 +31,9 @@ from serving.protocol import (
     reject_unknown,
     text,
 )
+from serving.base.settings import Limits
+
+__all__ = ["FIELDS", "RerankRequest", "parse_rerank_request"]
 
 FIELDS = ("query", "documents", "model", "top_n", "top_k", "return_documents")
 
@@ -92,46 +84,3 @@ def _document_text(document, field: str, limits: Limits) -> str:
         return text(document["text"], f"{field}.text", limits)
     return text(document, field, limits)
 
-
-class RerankModel(ServingModel):
-    """mlflow pyfunc over a sentence-transformers CrossEncoder, or a bi-encoder scored by cosine."""
-
-    def load(self, context) -> None:
-        config = context.model_config or {}
-        self.name = config.get("model_name", "rerank")
-        self.scorer = config.get("scorer", CROSS_ENCODER)
-        self.runner = TransformerRunner(load_model(context.artifacts["model"], self.scorer), self.scorer)
-        prompts = dict(self.runner.model.prompts or {})
-        self.query_prefix = prompts.get("query", "")
-        self.document_prefix = prompts.get("document", "")
-
-    def parse(self, body) -> RerankRequest:
-        return parse_rerank_request(body, self.limits)
-
-    def prepare(self, request: RerankRequest) -> list:
-        if self.scorer == CROSS_ENCODER:
-            items = self.runner.tokenize_pairs([(request.query, d) for d in request.documents])
-        else:
-            query = with_prefix([request.query], self.query_prefix)
-            items = self.runner.tokenize(query + with_prefix(request.documents, self.document_prefix))
-        check_total_tokens(sum(map(len, items)), "documents", self.limits)
-        return items
-
-    def run_batch(self, items: list) -> np.ndarray:
-        return self.runner.score(items) if self.scorer == CROSS_ENCODER else self.runner.embed(items)
-
-    def respond(self, request: RerankRequest, items: list, outputs: list) -> dict:
-        if self.scorer == BI_ENCODER:
-            vectors = l2_normalize(np.stack(outputs))
-            scores = vectors[1:] @ vectors[0]
-        else:
-            scores = np.asarray(outputs, dtype=np.float32)
-        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[: request.top_n]
-        results = []
-        for i in order:
-            result = {"index": i, "relevance_score": float(scores[i])}
-            if request.return_documents:
-                result["document"] = {"text": request.documents[i]}
-            results.append(result)
-        n_tokens = sum(map(len, items))
-        return {"model": self.name, "results": results, "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}

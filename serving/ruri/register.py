@@ -5,7 +5,9 @@ The model is loaded once here (from a local folder, or from the Hugging Face hub
 the hub is reachable), given its prompts and length limit, saved to a temporary folder with
 sentence-transformers' own `save`, and that folder becomes the pyfunc artifact `model`: serving then
 never needs the hub. Every file's sha256 and size go into the MLmodel metadata, and the server refuses to start
-when one differs (integrity.py); the `serving` and `neuroq` packages go in as the model's code.
+when one differs (base/integrity.py). The pyfunc is logged as code, as every served model is
+(base/log_model.py): the entry module of its family (serving/embeddings/entry.py, serving/rerank/entry.py), with
+the `serving` and `neuroq` packages as the model's code.
 """
 
 from __future__ import annotations
@@ -20,16 +22,23 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
-from serving.embeddings import RURI_V3_PROMPTS, EmbeddingModel
-from serving.encoder import BI_ENCODER, CROSS_ENCODER, TransformerRunner, detect_kind, load_model
-from serving.integrity import integrity_metadata, stage_code
-from serving.rerank import RerankModel
+from serving.base.encoder import BI_ENCODER, CROSS_ENCODER, TransformerRunner, detect_kind, load_model
+from serving.base.log_model import log_served_model
 
 logger = logging.getLogger(__name__)
 
 EMBED, RERANK = "embed", "rerank"
 DEFAULT_MODELS = {EMBED: "cl-nagoya/ruri-v3-30m", RERANK: "cl-nagoya/ruri-v3-reranker-310m"}
 DEFAULT_NAMES = {EMBED: "ruri-embed", RERANK: "ruri-rerank"}
+ENTRIES = {EMBED: "serving.embeddings.entry", RERANK: "serving.rerank.entry"}
+# The prefixes Ruri v3 was trained with (cl-nagoya/ruri-v3-* model cards), as sentence-transformers prompts.
+RURI_V3_PROMPTS = {
+    "query": "検索クエリ: ",
+    "document": "検索文書: ",
+    "classification": "トピック: ",
+    "clustering": "トピック: ",
+    "sts": "",
+}
 PROMPT_CHOICES = ("auto", "ruri", "model", "none")
 
 
@@ -151,22 +160,18 @@ def register(config: RegisterConfig) -> Registered:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
         chosen = prepare_model_dir(config, model_dir)
-        python_model = EmbeddingModel() if config.task == EMBED else RerankModel()
         served_name = config.served_name or (config.name if Path(config.model).expanduser().is_dir() else config.model)
         model_config = {"model_name": served_name, "task": config.task, "scorer": chosen["scorer"]}
         params = {k: v for k, v in {**asdict(config), **chosen}.items() if v is not None}
         experiment = experiment_id(config.experiment)
         with mlflow.start_run(experiment_id=experiment, run_name=f"register-{config.name}") as run:
             mlflow.log_params(params)
-            artifacts = {"model": str(model_dir)}
-            info = mlflow.pyfunc.log_model(
+            info = log_served_model(
+                ENTRIES[config.task],
                 name="model",
-                python_model=python_model,
-                artifacts=artifacts,
+                artifacts={"model": str(model_dir)},
                 model_config=model_config,
-                code_paths=stage_code(Path(tmp) / "code"),
                 pip_requirements=pip_requirements(),
-                metadata=integrity_metadata(artifacts),
                 registered_model_name=config.name,
             )
     version = str(info.registered_model_version)

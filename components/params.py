@@ -33,6 +33,7 @@ from neuroq.ingest.config import (
 from neuroq.model import NeuroQConfig
 from neuroq.tokenizer import TokenizerConfig
 from neuroq.train import TrainConfig
+from neuroq.validation import require
 
 __all__ = ["DATA_SOURCES", "PipelineParams", "add_arguments", "from_arguments"]
 
@@ -101,17 +102,18 @@ class PipelineParams:
     min_improvement: float = 0.0  # bits/char a challenger must gain over the champion to replace it
 
     def __post_init__(self) -> None:
-        unknown = set(self.sources) - set(DATA_SOURCES)
-        if unknown or not self.sources:
-            raise ConfigError(
-                f"data_sources must be a comma-separated subset of {', '.join(DATA_SOURCES)}, got {self.data_sources!r}"
-            )
+        require(
+            bool(self.sources) and set(self.sources) <= set(DATA_SOURCES),
+            "data_sources",
+            f"a comma-separated subset of {', '.join(DATA_SOURCES)}",
+            self.data_sources,
+        )
         if "huggingface" in self.sources and not self.hf_path:
             raise ConfigError("data_sources includes huggingface but hf_path is empty: name a dataset or a local path")
         for name in ("hf_max_records", "cc_max_records", "cc_max_files", "epochs", "num_threads", "gpus",
                      "ckpt_interval"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            require(value >= 0, name, ">= 0", value)
         if not self.prompts:
             raise ConfigError("sample_prompts is empty: give at least one prompt")
         if self.sample_max_new_tokens >= self.seq_length:

@@ -2,16 +2,17 @@
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components import component
+from components.component import component
 
 
 @component
 def evaluate(params: dict, run: dict, model: Input[Model], val_data: Input[Dataset], metrics: Output[Metrics]):
     """Validation loss, perplexity and bits/char, plus sample generations; `metrics.metadata` carries them on."""
-    from pipelines import steps
-    from pipelines.params import PipelineParams
+    from components.params import PipelineParams
+    from components.steps import evaluation as steps
+    from components.steps.base import RunRef
 
-    results = steps.evaluate(PipelineParams.from_dict(params), steps.RunRef(**run), model.path, val_data.path)
+    results = steps.evaluate(PipelineParams.from_dict(params), RunRef(**run), model.path, val_data.path)
     for key, value in results.items():
         if isinstance(value, float):
             metrics.log_metric(key, value)
@@ -32,15 +33,16 @@ def register(
 
     Returns the promotion decision's reason, which is also the pipeline's output.
     """
-    from pipelines import steps
-    from pipelines.params import PipelineParams
+    from components.params import PipelineParams
+    from components.steps import evaluation as steps
+    from components.steps.base import RunRef
 
     decision = steps.register(
         PipelineParams.from_dict(params),
-        steps.RunRef(**run),
+        RunRef(**run),
         model.path,
         val_data.path,
         evaluation=dict(metrics.metadata),
-        train_digest=str(train_data.metadata.get("digest", "")),
+        train_digest=str(train_data.metadata.get("content_digest", "")),
     )
     return decision.reason

@@ -12,7 +12,7 @@ only ever talk HTTP to the server.
 MLflow down: every request is retried under `RetryPolicy` (MLflow's own HTTP retry variables, with bounds that
 fail a dead server in seconds instead of MLflow's minutes per request), then the step fails with a
 `TrackingUnavailableError` naming the server, the artifact store and what the step keeps on disk. The one
-exception is the training loop's metrics (`TrainingMetricsLogger`): an outage there must not stop training, so
+exception is the training loop's metrics (`training_metrics.TrainingMetricsLogger`): an outage there must not stop training, so
 they wait in memory and go out once MLflow answers again. See docs/faults.md.
 """
 
@@ -25,16 +25,15 @@ import importlib.util
 import logging
 import os
 import subprocess
-import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import requests
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -43,35 +42,26 @@ from neuroq.errors import ConfigError, NeuroQError
 __all__ = [
     "RETRY_ENV",
     "STEP_TAG",
-    "MetricsNotLoggedError",
     "RetryPolicy",
     "TrackingUnavailableError",
-    "TrainingMetricsLogger",
     "adopt_pipeline_run",
     "code_version",
     "finish_pipeline_run",
     "log_manifest_dataset",
-    "log_loss_curve",
     "resolve_tracking_uri",
     "start_pipeline_run",
     "step_run",
+    "unreachable_cause",
 ]
 
 log = logging.getLogger(__name__)
 
 PIPELINE_TAG = "neuroq.pipeline"
 STEP_TAG = "neuroq.step"
-# MLflow refuses a batch with more than 100 params or 1000 metrics.
-_PARAM_BATCH = 100
-_METRIC_BATCH = 1000
 
 
 class TrackingUnavailableError(NeuroQError):
     """The tracking server, or the artifact store behind it, did not answer within the retry policy."""
-
-
-class MetricsNotLoggedError(NeuroQError):
-    """Training metrics still queued when MLflow did not answer their final flush (the cause is MLflow's error)."""
 
 
 @dataclass(frozen=True)
@@ -214,9 +204,7 @@ def start_pipeline_run(
         run_name=run_name or None,
         tags={PIPELINE_TAG: "neuroq", **tags},
     )
-    items = [Param(key, str(value)) for key, value in params.items()]
-    for start in range(0, len(items), _PARAM_BATCH):
-        client.log_batch(run.info.run_id, params=items[start : start + _PARAM_BATCH])
+    client.log_batch(run.info.run_id, params=[Param(key, str(value)) for key, value in params.items()])
     return run.info.run_id
 
 
@@ -228,9 +216,7 @@ def adopt_pipeline_run(tracking_uri: str, run_id: str, params: Mapping[str, Any]
     """Use an existing run as the parent run, logging only the params it lacks (params are write-once)."""
     client = _client(tracking_uri)
     logged = client.get_run(run_id).data.params
-    items = [Param(key, str(value)) for key, value in params.items() if key not in logged]
-    for start in range(0, len(items), _PARAM_BATCH):
-        client.log_batch(run_id, params=items[start : start + _PARAM_BATCH])
+    client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items() if key not in logged])
     for key, value in {PIPELINE_TAG: "neuroq", **tags}.items():
         client.set_tag(run_id, key, value)
 
@@ -254,7 +240,7 @@ def step_run(
         yield run
         mlflow.end_run()
     except BaseException as error:
-        cause = _unreachable_cause(error)
+        cause = unreachable_cause(error)
         _mark_failed(tracking_uri, run, parent_run_id, policy, quick=cause is not None)
         if cause is None:
             raise
@@ -306,75 +292,7 @@ def _mark_failed(tracking_uri: str, run: mlflow.ActiveRun | None, parent_run_id:
                 log.warning("could not mark run %s FAILED in MLflow at %s: %s", run_id, tracking_uri, error)
 
 
-class TrainingMetricsLogger:
-    """The training loop's metrics callback: logs to one MLflow run, and an MLflow outage does not stop training.
-
-    Every call queues its metrics (with their step and wall-clock time) and sends the whole queue in `log_batch`
-    requests of one attempt each, `attempt_timeout_s` at most: waiting out the retry policy at every log interval
-    would stall training for as long as MLflow is down. When MLflow does not answer, the queue is kept, a warning
-    says so once, and the next try comes `retry_interval_s` later; when it answers again, the backlog goes out
-    with its original steps and timestamps, so the run's history has no gap. `flush()` at the end of training
-    sends what is left under the full `RetryPolicy` and raises `MetricsNotLoggedError` if MLflow is still down.
-
-    Errors that are not an outage (an invalid metric, a deleted run) raise at once: they would not heal by waiting.
-    """
-
-    def __init__(self, tracking_uri: str, run_id: str, *, retry_interval_s: float = 30.0,
-                 attempt_timeout_s: int = 5) -> None:
-        self.tracking_uri = tracking_uri
-        self.run_id = run_id
-        self.retry_interval_s = retry_interval_s
-        self.attempt_timeout_s = attempt_timeout_s
-        self.pending: list[Metric] = []
-        self._down_since: float | None = None  # time.monotonic() of the first failed attempt of this outage
-        self._next_try = 0.0
-
-    def __call__(self, metrics: Mapping[str, float], step: int) -> None:
-        timestamp = int(time.time() * 1000)
-        self.pending.extend(Metric(key, float(value), timestamp, step) for key, value in metrics.items())
-        if time.monotonic() < self._next_try:
-            return
-        try:
-            with RetryPolicy.single_attempt(self.attempt_timeout_s).applied():
-                self._send()
-        except Exception as error:
-            if _unreachable_cause(error) is None:
-                raise
-            now = time.monotonic()
-            if self._down_since is None:
-                self._down_since = now
-                log.warning("MLflow at %s did not answer (%s): training goes on, its metrics wait in memory and are "
-                            "retried every %.0f s", self.tracking_uri, type(error).__name__, self.retry_interval_s)
-            self._next_try = now + self.retry_interval_s
-            return
-        if self._down_since is not None:
-            log.warning("MLflow at %s answers again after %.0f s: the queued training metrics are logged",
-                        self.tracking_uri, time.monotonic() - self._down_since)
-            self._down_since = None
-
-    def flush(self) -> None:
-        """Send every queued metric under the step's retry policy; `MetricsNotLoggedError` if MLflow still fails."""
-        try:
-            self._send()
-        except Exception as error:
-            if _unreachable_cause(error) is None:
-                raise
-            steps = sorted({metric.step for metric in self.pending})
-            raise MetricsNotLoggedError(
-                f"{len(self.pending)} training metric values (steps {steps[0]}-{steps[-1]}) could not be logged to "
-                f"run {self.run_id}."
-            ) from error
-
-    def _send(self) -> None:
-        client = MlflowClient(self.tracking_uri)
-        while self.pending:
-            # Dropped from the queue only once the server took them: a failed batch is sent again, never twice.
-            batch = self.pending[:_METRIC_BATCH]
-            client.log_batch(self.run_id, metrics=batch)
-            del self.pending[: len(batch)]
-
-
-def _unreachable_cause(error: BaseException) -> BaseException | None:
+def unreachable_cause(error: BaseException) -> BaseException | None:
     """The network failure under an MLflow error, if that is what it is (MLflow wraps it in MlflowException)."""
     network: tuple[type[BaseException], ...] = (requests.ConnectionError, requests.Timeout,
                                                  requests.exceptions.RetryError)
@@ -434,30 +352,6 @@ def log_manifest_dataset(manifest: Mapping[str, Any], uri: str, *, name: str, co
         # Schemes MLflow has no resolver for (minio://, hf://) are still worth recording as a location.
         source = HTTPDatasetSource(uri)
     # The tracking store keeps at most 36 characters of a dataset digest.
-    digest = str(manifest.get("digest") or manifest.get("content_digest") or "")[:36] or None
+    digest = str(manifest.get("content_digest", ""))[:36] or None
     dataset = MetaDataset(source, name=name, digest=digest, schema=Schema([ColSpec(DataType.string, "text")]))
     mlflow.log_input(dataset, context=context)
-
-
-def log_loss_curve(history: Sequence[Mapping[str, float]], artifact_file: str = "plots/loss_curve.png") -> None:
-    """Plot train and validation loss against the optimizer step and log the figure to the active run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    try:
-        for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-            points = [(row["step"], row[key]) for row in history if key in row]
-            if points:
-                steps, values = zip(*points, strict=True)
-                ax.plot(steps, values, marker="o" if len(points) < 20 else None, label=label)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("loss (nats/token)")
-        ax.set_title("NeuroQ training loss")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        mlflow.log_figure(fig, artifact_file)
-    finally:
-        plt.close(fig)

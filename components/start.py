@@ -2,7 +2,7 @@
 
 from typing import NamedTuple
 
-from components import component
+from components.component import component
 
 
 @component
@@ -16,9 +16,9 @@ def start_run(
     """
     from collections import namedtuple
 
-    from pipelines import steps
-    from pipelines.params import PipelineParams
+    from components.params import PipelineParams
+    from components.steps.base import start
 
     validated = PipelineParams.from_dict(params)
-    run = steps.start(validated, tracking_uri=tracking_uri, run_name=run_name, parent_run_id=parent_run_id)
+    run = start(validated, tracking_uri=tracking_uri, run_name=run_name, parent_run_id=parent_run_id)
     return namedtuple("RunOutputs", ["params", "run"])(validated.to_dict(), run.to_dict())

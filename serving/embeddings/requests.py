@@ -1,4 +1,4 @@
-"""Embeddings pyfunc: OpenAI `/v1/embeddings` request and response, plus the Ruri v3 extensions of the
+"""Embeddings requests: the OpenAI `/v1/embeddings` request and response, plus the Ruri v3 extensions of the
 user's former FastAPI server (`input_type`, `instruction`, `apply_ruri_prefix`).
 
 Request (`POST /invocations`, the body as is; `{"inputs": {...}}` also works and is answered as
@@ -7,7 +7,8 @@ Request (`POST /invocations`, the body as is; `{"inputs": {...}}` also works and
   model              str                  accepted for client compatibility; the served model answers
   encoding_format    "float" | "base64"   base64 = little-endian float32 bytes, as OpenAI
   dimensions         int                  Matryoshka: keep the first n dimensions and re-normalise
-  input_type         query | document | classification | clustering | sts (the logged model's prompts)
+  input_type         query | document | classification | clustering | sts (the logged model's prompts,
+                                          Ruri v3's unless registered otherwise)
   instruction        str                  a custom prefix instead of an input_type
   apply_ruri_prefix  bool                 true without input_type: a single string is a query, a list
                                           documents; false: texts go in as they are
@@ -22,17 +23,10 @@ Usage counts the tokens the model ran, from the one tokenisation that feeds it.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 
-import numpy as np
-
-from serving.encoder import BI_ENCODER, TransformerRunner, l2_normalize, load_model
-from serving.protocol import (
-    Limits,
+from serving.base.request import (
     RequestError,
-    ServingModel,
-    check_total_tokens,
     expect_object,
     optional_bool,
     optional_choice,
@@ -41,15 +35,9 @@ from serving.protocol import (
     reject_unknown,
     text_list,
 )
+from serving.base.settings import Limits
 
-# The prefixes Ruri v3 was trained with (cl-nagoya/ruri-v3-* model cards), as sentence-transformers prompts.
-RURI_V3_PROMPTS = {
-    "query": "検索クエリ: ",
-    "document": "検索文書: ",
-    "classification": "トピック: ",
-    "clustering": "トピック: ",
-    "sts": "",
-}
+__all__ = ["FIELDS", "EmbeddingsRequest", "parse_embeddings_request"]
 
 FIELDS = ("input", "model", "encoding_format", "dimensions", "input_type", "instruction", "apply_ruri_prefix", "user")
 
@@ -95,58 +83,3 @@ def parse_embeddings_request(body, limits: Limits, prompts: dict[str, str], dime
         prefix, field = "", "input"
     return EmbeddingsRequest(texts, prefix, field, encoding_format, dimensions)
 
-
-def with_prefix(texts: list[str], prefix: str) -> list[str]:
-    return [t if t.startswith(prefix) else prefix + t for t in texts]
-
-
-def encode_vector(vector: np.ndarray, encoding_format: str):
-    if encoding_format == "base64":
-        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-    return vector.tolist()
-
-
-class EmbeddingModel(ServingModel):
-    """mlflow pyfunc over a sentence-transformers bi-encoder; artifacts={"model": saved folder}."""
-
-    def load(self, context) -> None:
-        config = context.model_config or {}
-        self.name = config.get("model_name", "embeddings")
-        self.runner = TransformerRunner(load_model(context.artifacts["model"], BI_ENCODER), BI_ENCODER)
-        self.prompts = dict(self.runner.model.prompts)
-        self.dimension = self.runner.dimension
-
-    def parse(self, body) -> EmbeddingsRequest:
-        return parse_embeddings_request(body, self.limits, self.prompts, self.dimension)
-
-    def prepare(self, request: EmbeddingsRequest) -> list:
-        if request.prefix:
-            room = self.runner.max_length - self.runner.special_tokens
-            n_prefix = self.runner.count_tokens(request.prefix)
-            if n_prefix >= room:
-                raise RequestError(
-                    request.prefix_field,
-                    f"its prefix is {n_prefix} tokens; inputs of this model hold {room} tokens besides special tokens",
-                )
-        items = self.runner.tokenize(with_prefix(request.texts, request.prefix))
-        check_total_tokens(sum(map(len, items)), "input", self.limits)
-        return items
-
-    def run_batch(self, items: list) -> np.ndarray:
-        return self.runner.embed(items)
-
-    def respond(self, request: EmbeddingsRequest, items: list, outputs: list) -> dict:
-        vectors = np.stack(outputs)
-        if request.dimensions is not None:
-            vectors = vectors[:, : request.dimensions]
-        vectors = l2_normalize(vectors)
-        n_tokens = sum(map(len, items))
-        return {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": i, "embedding": encode_vector(v, request.encoding_format)}
-                for i, v in enumerate(vectors)
-            ],
-            "model": self.name,
-            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-        }

@@ -1,7 +1,7 @@
 """What a logged serving model carries, and the check at start-up that it still carries exactly that.
 
 Every served pyfunc (NeuroQ generation, Ruri embeddings and rerank) is logged with its artifact files' sha256 and
-sizes in the MLmodel metadata (``metadata.integrity``) and the code it was logged with (``stage_code``).
+sizes in the MLmodel metadata (``metadata.integrity``), by ``log_served_model`` (log_model.py).
 ``ServingModel.load_context`` calls ``verify_logged_model`` before anything is loaded, so ``mlflow models serve``
 exits at start-up with a message naming the file when one is missing, a Git LFS pointer, truncated or altered
 (a bit flip, an edited config), instead of serving what a damaged file computes.
@@ -22,7 +22,6 @@ config, a second weights file), so an extra file can change what the model compu
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import mlflow
 from neuroq.checkpoint import is_lfs_pointer
 from neuroq.errors import CheckpointError
 
-__all__ = ["METADATA_KEY", "ArtifactIntegrityError", "integrity_metadata", "stage_code", "verify_logged_model"]
+__all__ = ["METADATA_KEY", "ArtifactIntegrityError", "integrity_metadata", "verify_logged_model"]
 
 METADATA_KEY = "integrity"
 _ALGORITHM = "sha256"
@@ -78,8 +77,8 @@ def verify_logged_model(context) -> None:
     recorded = (mlflow.models.Model.load(str(model_dir)).metadata or {}).get(METADATA_KEY)
     if not isinstance(recorded, dict) or not isinstance(recorded.get("artifacts"), dict):
         raise ArtifactIntegrityError(
-            f"{model_dir} has no metadata.{METADATA_KEY}: it was not logged by serving.registry.register or "
-            "serving.generation.log_neuroq_model, so its files cannot be verified; log it again with those"
+            f"{model_dir} has no metadata.{METADATA_KEY}: it was not logged by serving.ruri.register.register or "
+            "serving.generation.log.log_neuroq_model, so its files cannot be verified; log it again with those"
         )
     artifacts = recorded["artifacts"]
     unrecorded = sorted(set(context.artifacts) - set(artifacts))
@@ -132,22 +131,3 @@ def logged_model_dir(context) -> Path:
     raise ArtifactIntegrityError(
         f"cannot find the MLmodel file above the artifacts {sorted(context.artifacts.values())}"
     )
-
-
-def stage_code(root: Path) -> list[str]:
-    """Copies of the neuroq and serving packages without caches, for ``log_model(code_paths=...)``.
-
-    The registered model then carries the code it was logged with: ``mlflow models serve --env-manager local``
-    needs only the pinned requirements, and a later change to the repository cannot change what an old version
-    computes. neuroq goes in too because this module (run by every served model) uses its checkpoint checks.
-    """
-    import neuroq
-    import serving
-
-    staged = []
-    for package in (neuroq, serving):
-        source = Path(package.__file__).parent
-        target = root / source.name
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        staged.append(str(target))
-    return staged

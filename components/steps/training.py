@@ -1,0 +1,144 @@
+"""The training steps: the SentencePiece tokenizer, then NeuroQ (in process, or on several GPUs with torchrun).
+
+The tokenizer is a SentencePiece `.model` file; the model is a `neuroq.checkpoint` directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from components.params import PipelineParams
+from components.steps import tracking, training_metrics
+from components.steps.base import RunRef, log_config, read_manifest, step_run, text_digest
+
+__all__ = ["train_neuroq", "train_tokenizer"]
+
+
+def train_tokenizer(params: PipelineParams, run: RunRef, train_dir: str, out_path: str) -> dict[str, Any]:
+    """Train the SentencePiece tokenizer on the training split; write it to `out_path`."""
+    from neuroq.data import read_texts
+    from neuroq.tokenizer import NeuroQTokenizer
+
+    config = params.tokenizer_config()
+    with step_run(run, params, "train_tokenizer"):
+        log_config("tokenizer", config.to_dict())
+        tokenizer = NeuroQTokenizer.train(read_texts(train_dir), config)
+        path = tokenizer.save(Path(out_path))
+        texts = list(read_texts(train_dir))
+        n_tokens = sum(len(ids) for ids in tokenizer.encode_batch(texts))
+        chars_per_token = sum(map(len, texts)) / max(1, n_tokens)
+        mlflow.log_metrics({"vocab_size": tokenizer.vocab_size, "train_chars_per_token": chars_per_token})
+        mlflow.log_artifact(str(path), "tokenizer")
+        return {"vocab_size": tokenizer.vocab_size, "sha256": tokenizer.sha256, "chars_per_token": chars_per_token}
+
+
+def train_neuroq(
+    params: PipelineParams, run: RunRef, train_dir: str, val_dir: str, tokenizer_path: str, out_dir: str
+) -> dict[str, Any]:
+    """Tokenize both splits into shards, train NeuroQ with per-step metrics to MLflow, export the checkpoint.
+
+    MLflow down during training does not stop it (`training_metrics.TrainingMetricsLogger` keeps the metrics until MLflow
+    answers); still down once the weights are exported, the step fails naming them.
+
+    `out_dir` receives the exported checkpoint (weights, config, tokenizer); the token shards live in a scratch
+    folder beside it that is removed afterwards, and so does the training checkpoint unless `checkpoint_dir` is set:
+    then it lives there (see `_resume_dir`), the step resumes from it, and it is removed once the step succeeded.
+    """
+    from neuroq.data import read_texts
+    from neuroq.shards import PackedBlocks, write_token_shards
+    from neuroq.tokenizer import NeuroQTokenizer
+    from neuroq.train import resume_step, train
+
+    out = Path(out_dir)
+    scratch = out.with_name(out.name + ".work")
+    # A failed task publishes no output artifact on a cluster: the checkpoint_dir copy is what a retry gets back.
+    rerun = (f"a retry of this step resumes from its training checkpoint under {params.checkpoint_dir}, without "
+             "training again" if params.checkpoint_dir else
+             "a retry of this step trains again (with a checkpoint_dir it would resume), or run evaluate and "
+             "register on this folder")
+    with step_run(run, params, "train_neuroq", weights=out_dir, rerun=rerun) as active:
+        tokenizer = NeuroQTokenizer.load(tokenizer_path)
+        write_token_shards(read_texts(train_dir), tokenizer, scratch / "tokens" / "train")
+        write_token_shards(read_texts(val_dir), tokenizer, scratch / "tokens" / "validation")
+        train_blocks = PackedBlocks(scratch / "tokens" / "train", params.seq_length)
+        val_blocks = PackedBlocks(scratch / "tokens" / "validation", params.seq_length)
+        config = params.train_config(
+            str(scratch / "run"), vocab_size=tokenizer.vocab_size, n_train_blocks=len(train_blocks)
+        )
+        if params.checkpoint_dir:
+            config = replace(config, out_dir=str(_resume_dir(params, config, train_dir, val_dir, tokenizer)))
+        log_config("train", config.to_dict())
+        _log_split_inputs(train_dir, val_dir)
+        mlflow.log_params({"train_blocks": len(train_blocks), "val_blocks": len(val_blocks),
+                           "train_processes": params.processes, "resumed_from_step": resume_step(config)})
+
+        metrics_logger = training_metrics.TrainingMetricsLogger(run.tracking_uri, active.info.run_id)
+        if params.processes > 1:
+            from components.steps import torchrun
+
+            spec = torchrun.TorchrunSpec(
+                config=config.to_dict(), train_tokens=str(scratch / "tokens" / "train"),
+                val_tokens=str(scratch / "tokens" / "validation"), tokenizer=tokenizer_path,
+                tracking_uri=run.tracking_uri, run_id=active.info.run_id,
+                result=str(scratch / "result.json"), num_threads=params.num_threads,
+            )
+            result = torchrun.launch(params.processes, spec, scratch / "torchrun.json", metrics_logger)
+        else:
+            result = train(config, train_blocks, val_blocks, tokenizer, callbacks=[metrics_logger])
+        # The weights reach the step's output before anything else is logged: MLflow down from here on fails the
+        # step without losing them (the error says where they are).
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(result.checkpoint_path, out)
+        shutil.rmtree(scratch, ignore_errors=True)
+        metrics_logger.flush()
+        training_metrics.log_loss_curve(result.history)
+        summary = {
+            "steps": result.steps,
+            "tokens_seen": result.tokens_seen,
+            "tokens_per_s": result.tokens_per_s,
+            "final_train_loss": result.train_loss,
+            "final_val_loss": result.final_val_loss,
+            "best_val_loss": result.best_val_loss,
+        }
+        mlflow.log_metrics({key: float(value) for key, value in summary.items() if value is not None})
+        if params.checkpoint_dir:
+            shutil.rmtree(config.out_dir)  # kept until now so that a retry after any failure above resumes
+        return summary
+
+
+def _resume_dir(params: PipelineParams, config: Any, train_dir: str, val_dir: str, tokenizer: Any) -> Path:
+    """The training's folder under `checkpoint_dir`, named by everything that decides its result.
+
+    The training config, the text of both splits, the tokenizer and the number of processes; a retry (or a rerun)
+    with the same inputs finds its own checkpoint there and resumes exactly (training is a function of these and
+    the step), while any change lands in another folder instead of resuming a checkpoint of something else.
+    """
+    from neuroq.data import read_texts
+
+    def digest(folder: str) -> str:
+        # merge_dedup_split's manifest already holds it; a folder from elsewhere is read once more.
+        return str(read_manifest(folder).get("content_digest") or text_digest(read_texts(folder)))
+
+    identity = {
+        "train_config": {**config.to_dict(), "out_dir": None},
+        "train_text": digest(train_dir),
+        "val_text": digest(val_dir),
+        "tokenizer": tokenizer.sha256,
+        "processes": params.processes,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    return Path(params.checkpoint_dir).resolve() / f"train_neuroq-{key}"
+
+
+def _log_split_inputs(train_dir: str, val_dir: str) -> None:
+    for folder, context in ((train_dir, "training"), (val_dir, "validation")):
+        manifest = read_manifest(folder)
+        tracking.log_manifest_dataset(manifest, str(Path(folder).resolve()), name=f"neuroq-{context}", context=context)

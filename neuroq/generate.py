@@ -8,7 +8,7 @@ tokenizer needed); :func:`generate` wraps it with encoding and decoding.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import InitVar, dataclass
 from typing import Literal
 
@@ -21,10 +21,10 @@ from neuroq.model import NeuroQ
 from neuroq.tokenizer import EOS_ID, PAD_ID, USER_ID, NeuroQTokenizer
 from neuroq.validation import is_int, is_number, require
 
-__all__ = ["GenerationConfig", "Sample", "generate", "generate_ids", "apply_repetition_penalty", "filter_logits",
-           "NgramBlocker"]
+__all__ = ["GenerationConfig", "Sample", "DecodeStep", "StepHook", "generate", "generate_ids",
+           "apply_repetition_penalty", "filter_logits", "NgramBlocker"]
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "cancelled"]
 _DEFAULT_MAX_NEW_TOKENS = 64
 # cuDNN attention (SDPA's first choice for bf16 on Hopper) plans a graph for every new key length, ~6 ms per layer,
 # and decoding makes a new length every step: measured 13 vs 93 tok/s on an H100. The other kernels need no plan.
@@ -110,6 +110,32 @@ class Sample:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """What one step of the batched decoder produced, for streaming (``generate_ids(on_step=...)``).
+
+    Rows are numbered as the samples come back: row ``r`` is sample ``r % n`` of prompt ``r // n``.
+    ``tokens[r]`` is the id row ``r`` appended to its completion at this step (exactly the next element of its
+    ``Sample.token_ids``), or None when it appended nothing (it finished earlier, or at this step on eos /
+    ``<USER>``, which are not part of a completion). ``finished[r]`` is the row's finish reason once it has one
+    (set at the step it finishes and at every later step; "length" at the last step). A stop string is matched on the decoded text: the row
+    finishes with "stop" at the step whose token completes it, and ``Sample.text`` is then cut before it, so a
+    streaming server should hold back text that may still turn into a stop string.
+    """
+
+    index: int
+    tokens: list[int | None]
+    finished: list[FinishReason | None]
+
+
+StepHook = Callable[[DecodeStep], "Iterable[int] | None"]
+"""Called after every decoding step; returns the rows to stop now (their consumer went away), or None.
+
+A stopped row finishes with "cancelled" and keeps the tokens it had; the other rows are not affected, and
+decoding ends as soon as no row is left. The hook runs on the decoding thread between two steps: it must not
+block (hand the tokens to a queue)."""
 
 
 def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
@@ -240,11 +266,13 @@ def generate_ids(
     user_id: int = USER_ID,
     pad_id: int = PAD_ID,
     decode: Callable[[list[int]], str] | None = None,
+    on_step: StepHook | None = None,
 ) -> list[list[Sample]]:
     """Complete each prompt (token ids) ``config.n`` times; returns one list of n samples per prompt.
 
     A row stops at any of ``eos_ids``, at ``user_id`` when ``config.stop_at_user``, or at a stop string (which
-    needs ``decode``; without it texts are empty). The model runs in eval mode and is put back as it was.
+    needs ``decode``; without it texts are empty). ``on_step`` streams every step's new tokens and may stop rows
+    (:class:`DecodeStep`, :data:`StepHook`). The model runs in eval mode and is put back as it was.
     """
     config = config or GenerationConfig()
     context = model.config.max_seq_len
@@ -284,6 +312,12 @@ def generate_ids(
                     cut = _first_stop(text, config.stop)
                     if cut is not None:
                         texts[r], reasons[r] = text[:cut], "stop"
+            if step == config.max_new_tokens - 1:
+                reasons = [reason or "length" for reason in reasons]
+            if on_step is not None:
+                new = dict(appended)
+                for r in on_step(DecodeStep(step, [new.get(r) for r in range(len(rows))], list(reasons))) or ():
+                    reasons[r] = reasons[r] or "cancelled"
             if step == config.max_new_tokens - 1 or all(reasons):
                 break
             # Finished rows keep decoding padding: rows never attend to each other, so nothing else changes.

@@ -18,6 +18,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import mlflow
 
 from neuroq.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_checkpoint
 from neuroq.errors import CheckpointError
-from neuroq.generate import GenerationConfig, Sample, generate_ids
+from neuroq.generate import DecodeStep, GenerationConfig, Sample, StepHook, generate_ids
 from neuroq.tokenizer import NeuroQTokenizer
 from serving.base.integrity import logged_model_dir
 from serving.base.model import ServingModel
@@ -48,11 +49,17 @@ ARTIFACT_FILES = {"weights": WEIGHTS_FILE, "config": CONFIG_FILE, "tokenizer": T
 
 @dataclass
 class GenerationJob:
-    """One request's generation work: every row (prompt x n) of it runs in the same batched call."""
+    """One request's generation work: every row (prompt x n) of it runs in the same batched call.
+
+    ``on_step`` streams this job's tokens (neuroq.generate.StepHook, with the job's own row numbers: row
+    ``i * n + j`` is sample j of prompt i, the OpenAI choice index) while the batcher may decode other requests'
+    rows in the same call; the rows it returns stop ("cancelled"), the other jobs' rows go on.
+    """
 
     prompt_ids: list[list[int]]
     config: GenerationConfig
     history_turns: int = 0
+    on_step: StepHook | None = None
 
     @property
     def rows(self) -> int:
@@ -128,7 +135,8 @@ class NeuroQGenerationModel(ServingModel):
         results: list[list[list[Sample]] | None] = [None] * len(jobs)
         for group in self._merge(jobs):
             rows = [ids for j in group for ids in jobs[j].prompt_ids]
-            samples = generate_ids(self.model, rows, jobs[group[0]].config, decode=self.tokenizer.decode)
+            samples = generate_ids(self.model, rows, jobs[group[0]].config, decode=self.tokenizer.decode,
+                                   on_step=_split_hooks([jobs[j] for j in group]))
             start = 0
             for j in group:
                 results[j] = samples[start:start + len(jobs[j].prompt_ids)]
@@ -220,3 +228,24 @@ class NeuroQGenerationModel(ServingModel):
             "parameters": self.model.num_params(non_embedding=False),
             "worker_pid": os.getpid(),
         }
+
+
+def _split_hooks(group: list[GenerationJob]) -> Callable[[DecodeStep], list[int]] | None:
+    """One hook for a merged call: each job's hook sees its own rows, and the rows it stops map back."""
+    if all(job.on_step is None for job in group):
+        return None
+    spans, start = [], 0
+    for job in group:
+        spans.append((job, start))
+        start += job.rows
+
+    def on_step(step: DecodeStep) -> list[int]:
+        stopped = []
+        for job, first in spans:
+            if job.on_step is not None:
+                end = first + job.rows
+                own = DecodeStep(step.index, step.tokens[first:end], step.finished[first:end])
+                stopped.extend(first + r for r in job.on_step(own) or ())
+        return stopped
+
+    return on_step

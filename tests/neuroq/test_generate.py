@@ -247,3 +247,31 @@ def test_generate_decodes_text_for_each_prompt_with_counts_and_finish_reasons(to
             assert sample.text == tokenizer.decode(sample.token_ids)
     single = generate(model, tokenizer, prompts[0], GenerationConfig(max_new_tokens=6, seed=0, n=2))
     assert [len(samples) for samples in single] == [2]
+
+
+def test_on_step_streams_each_rows_tokens_as_decoded_and_a_stopped_row_ends_cancelled() -> None:
+    model = tiny()
+    config = GenerationConfig(max_new_tokens=10, seed=3, n=2, stop_at_user=False)
+    expected = generate_ids(model, PROMPTS, config, eos_ids=(5,))
+    streamed: list[list[int]] = [[] for _ in range(6)]
+    last_finished: list = []
+
+    def collect(step):
+        for r, token in enumerate(step.tokens):
+            if token is not None:
+                streamed[r].append(token)
+        last_finished[:] = step.finished
+        return None
+
+    assert generate_ids(model, PROMPTS, config, eos_ids=(5,), on_step=collect) == expected
+    assert streamed == completions(expected)
+    assert last_finished == [s.finish_reason for samples in expected for s in samples]
+
+    def stop_row_1_after_3(step):
+        return [1] if step.index == 2 else None
+
+    full = [s for samples in generate_ids(model, PROMPTS, config, eos_ids=()) for s in samples]
+    cancelled = [s for samples in generate_ids(model, PROMPTS, config, eos_ids=(), on_step=stop_row_1_after_3)
+                 for s in samples]
+    assert (cancelled[1].finish_reason, cancelled[1].token_ids) == ("cancelled", full[1].token_ids[:3])
+    assert [s for r, s in enumerate(cancelled) if r != 1] == [s for r, s in enumerate(full) if r != 1]

@@ -10,6 +10,8 @@
     result.manifest["stages"]      # counts in/out and drop reasons per stage
     result.files("train")          # shard paths
 
+At crawl scale the same ingest runs in shards (``plan_shards``, ``ingest_shard`` per task, ``dedup_shards``
+across them) and keeps the same documents; see ``neuroq.ingest.sharded``.
 Each source is also a plain generator of ``Document`` (``iter_huggingface``, ``iter_commoncrawl``), and each
 step a class usable on its own (``QualityFilter``, ``Deduplicator``, ``ShardedWriter``).
 Command line: ``python -m neuroq.ingest --help``.
@@ -34,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "QualityConfig": "neuroq.ingest.config",
     "SourceConfig": "neuroq.ingest.config",
     "Deduplicator": "neuroq.ingest.dedup",
+    "MinHasher": "neuroq.ingest.dedup",
     "Document": "neuroq.ingest.document",
     "SourceStats": "neuroq.ingest.document",
     "IngestError": "neuroq.ingest.errors",
@@ -47,6 +50,9 @@ _EXPORTS: dict[str, str] = {
     "iter_source": "neuroq.ingest.pipeline",
     "run_ingest": "neuroq.ingest.pipeline",
     "QualityFilter": "neuroq.ingest.quality",
+    "dedup_shards": "neuroq.ingest.sharded",
+    "ingest_shard": "neuroq.ingest.sharded",
+    "plan_shards": "neuroq.ingest.sharded",
     "QualityResult": "neuroq.ingest.quality",
     "script_stats": "neuroq.ingest.quality",
 }

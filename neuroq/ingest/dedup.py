@@ -19,7 +19,7 @@ from datasketch import MinHash, MinHashLSH
 from neuroq.errors import ConfigError
 from neuroq.ingest.config import DedupConfig
 
-__all__ = ["Deduplicator", "char_ngrams", "exact_key", "normalize_text"]
+__all__ = ["Deduplicator", "MinHasher", "char_ngrams", "exact_key", "normalize_text"]
 
 _WHITESPACE = re.compile(r"\s+")
 _SCHEME = "affine32"  # datasketch's default since 2.0; named because reusing permutations requires it
@@ -41,6 +41,45 @@ def char_ngrams(text: str, n: int) -> set[str]:
     return {chars[i:i + n] for i in range(len(chars) - n + 1)}
 
 
+class MinHasher:
+    """Signatures and LSH bands of one ``DedupConfig``: the MinHash code of the in-memory ``Deduplicator`` and of the
+    sharded stages (``neuroq.ingest.sharded``), so both call the same documents near-duplicates.
+
+    The band layout is datasketch's (``MinHashLSH`` picks the bands and rows that minimise false positives and
+    negatives at ``threshold``); two documents are candidates when any band of their signatures is equal.
+    """
+
+    def __init__(self, config: DedupConfig) -> None:
+        self.config = config
+        try:
+            self.lsh_parameters = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
+        except ValueError as exc:  # datasketch needs at least two bands: very high thresholds need more perms
+            raise ConfigError(f"DedupConfig threshold={config.threshold} with num_perm={config.num_perm}: "
+                              f"{exc}; raise num_perm or lower the threshold") from exc
+        self.bands: list[tuple[int, int]] = list(self.lsh_parameters.hashranges)
+        # Permutations are drawn from the seed once; drawing them per document cost as much as hashing it.
+        self._permutations = MinHash(num_perm=config.num_perm, seed=config.seed).permutations
+
+    def minhash(self, text: str) -> MinHash:
+        # crc32 is one C call per n-gram, ten times faster than datasketch's default sha1; the base hash only
+        # has to spread the n-grams, the seeded permutations provide the independence MinHash needs.
+        minhash = MinHash(num_perm=self.config.num_perm, hashfunc=zlib.crc32, permutations=self._permutations,
+                          scheme=_SCHEME)
+        minhash.update_batch([gram.encode("utf-8") for gram in char_ngrams(text, self.config.ngram_size)])
+        return minhash
+
+    def signature(self, text: str) -> np.ndarray:
+        """The MinHash values as uint32 (lossless: datasketch keeps them below 2**32)."""
+        return self.minhash(text).hashvalues.astype(np.uint32)
+
+    def band_keys(self, signature: np.ndarray) -> list[bytes]:
+        return [signature[start:end].tobytes() for start, end in self.bands]
+
+    def similar(self, signature: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """Whether the estimated Jaccard similarity reaches the threshold, for each row of ``others``."""
+        return np.mean(others == signature, axis=-1) >= self.config.threshold
+
+
 class Deduplicator:
     """``check(text)`` returns ``"exact_duplicate"``, ``"near_duplicate"`` or ``None`` (then remembers the text).
 
@@ -50,32 +89,18 @@ class Deduplicator:
 
     def __init__(self, config: DedupConfig | None = None) -> None:
         self.config = config or DedupConfig()
+        self.hasher = MinHasher(self.config)
         self._exact: set[bytes] = set()
-        try:
-            self._lsh = MinHashLSH(threshold=self.config.threshold, num_perm=self.config.num_perm)
-        except ValueError as exc:  # datasketch needs at least two bands: very high thresholds need more perms
-            raise ConfigError(f"DedupConfig threshold={self.config.threshold} with num_perm={self.config.num_perm}: "
-                              f"{exc}; raise num_perm or lower the threshold") from exc
-        # Permutations are drawn from the seed once; drawing them per document cost as much as hashing it.
-        self._permutations = MinHash(num_perm=self.config.num_perm, seed=self.config.seed).permutations
+        self._lsh = MinHashLSH(threshold=self.config.threshold, num_perm=self.config.num_perm)
         self._signatures: list[np.ndarray] = []  # by LSH key, only with verify_candidates
         self._inserted = 0
-
-    def _minhash(self, text: str) -> MinHash:
-        # crc32 is one C call per n-gram, ten times faster than datasketch's default sha1; the base hash only
-        # has to spread the n-grams, the seeded permutations provide the independence MinHash needs.
-        minhash = MinHash(num_perm=self.config.num_perm, hashfunc=zlib.crc32, permutations=self._permutations,
-                          scheme=_SCHEME)
-        minhash.update_batch([gram.encode("utf-8") for gram in char_ngrams(text, self.config.ngram_size)])
-        return minhash
 
     def _is_near_duplicate(self, minhash: MinHash) -> bool:
         candidates = self._lsh.query(minhash)
         if not self.config.verify_candidates:
             return bool(candidates)
         signature = minhash.hashvalues.astype(np.uint32)
-        return any(float(np.mean(self._signatures[index] == signature)) >= self.config.threshold
-                   for index in candidates)
+        return any(bool(self.hasher.similar(signature, self._signatures[index])) for index in candidates)
 
     def check(self, text: str) -> str | None:
         if self.config.exact:
@@ -83,7 +108,7 @@ class Deduplicator:
             if key in self._exact:
                 return "exact_duplicate"
         if self.config.near:
-            minhash = self._minhash(text)
+            minhash = self.hasher.minhash(text)
             if self._is_near_duplicate(minhash):
                 return "near_duplicate"
             self._lsh.insert(self._inserted, minhash, check_duplication=False)

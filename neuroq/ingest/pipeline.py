@@ -18,6 +18,7 @@ and per source.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -26,7 +27,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ from neuroq.ingest.huggingface import iter_huggingface
 from neuroq.ingest.output import SPLITS, ShardedWriter
 from neuroq.ingest.quality import QualityFilter
 
-__all__ = ["MANIFEST_FORMAT", "IngestResult", "iter_source", "run_ingest"]
+__all__ = ["MANIFEST_FORMAT", "IngestResult", "SourceRun", "iter_source", "publish", "run_ingest", "stage_counts",
+           "staged_folder", "write_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ def _source_uri(source: SourceConfig) -> str:
     return f"{source.path}{files}"
 
 
-def _stage(stage_in: int, stage_out: int, dropped: Counter[str], **extra: Any) -> dict[str, Any]:
+def stage_counts(stage_in: int, stage_out: int, dropped: Counter[str], **extra: Any) -> dict[str, Any]:
     return {"in": stage_in, "out": stage_out, "dropped": dict(sorted(dropped.items())), **extra}
 
 
@@ -89,7 +91,7 @@ def _sum_stage(entries: list[dict[str, Any]]) -> dict[str, Any]:
     dropped: Counter[str] = Counter()
     for entry in entries:
         dropped.update(entry["dropped"])
-    return _stage(sum(e["in"] for e in entries), sum(e["out"] for e in entries), dropped)
+    return stage_counts(sum(e["in"] for e in entries), sum(e["out"] for e in entries), dropped)
 
 
 def _prepare_output_dir(path: Path, overwrite: bool) -> None:
@@ -100,22 +102,60 @@ def _prepare_output_dir(path: Path, overwrite: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
+class SourceRun:
+    """One source streamed through the quality filters (if it asks for them), counting as it goes.
+
+    Iterate it for the documents that reach dedup, in source order; ``report(...)`` with the dedup counts then
+    gives the manifest's entry for the source. The single-process ingest and each shard task of the sharded one
+    (``neuroq.ingest.sharded``) read their sources through this, so both filter the same way.
+    """
+
+    def __init__(self, source: SourceConfig, quality: QualityFilter) -> None:
+        self.source = source
+        self.quality = quality
+        self.stats = SourceStats(source.source_label, source.KIND, _source_uri(source))
+        self.quality_dropped: Counter[str] = Counter()
+        self.quality_in = self.quality_out = self.lines_removed = 0
+
+    def __iter__(self) -> Iterator[Document]:
+        for doc in iter_source(self.source, self.stats):
+            if self.source.apply_quality_filters:
+                self.quality_in += 1
+                verdict = self.quality(doc.text)
+                self.lines_removed += verdict.boilerplate_lines_removed
+                if not verdict.kept:
+                    self.quality_dropped[verdict.reason] += 1
+                    continue
+                self.quality_out += 1
+                doc = dataclasses.replace(doc, text=verdict.text)
+            yield doc
+
+    def report(self, dedup_in: int, kept: int, dedup_dropped: Counter[str]) -> dict[str, Any]:
+        stats = self.stats
+        logger.info("%s: %d records in, %d documents out", stats.label, stats.records_read, kept)
+        return {
+            "label": stats.label,
+            "kind": stats.kind,
+            "uri": stats.uri,
+            "documents_out": kept,
+            "stages": {
+                "source": stage_counts(stats.records_read, stats.documents, stats.dropped),
+                "quality": stage_counts(self.quality_in, self.quality_out, self.quality_dropped,
+                                        boilerplate_lines_removed=self.lines_removed),
+                "dedup": stage_counts(dedup_in, kept, dedup_dropped),
+            },
+            "events": dict(sorted(stats.events.items())),
+            "failed_files": stats.failed_files,
+        }
+
+
 def _ingest_source(source: SourceConfig, quality: QualityFilter, dedup: Deduplicator,
                    writer: ShardedWriter) -> dict[str, Any]:
     """Stream one source through quality (if the source asks for it) and dedup into ``writer``; its report."""
-    stats = SourceStats(source.source_label, source.KIND, _source_uri(source))
-    quality_dropped: Counter[str] = Counter()
+    run = SourceRun(source, quality)
     dedup_dropped: Counter[str] = Counter()
-    quality_in = dedup_in = kept = lines_removed = 0
-    for doc in iter_source(source, stats):
-        if source.apply_quality_filters:
-            quality_in += 1
-            verdict = quality(doc.text)
-            lines_removed += verdict.boilerplate_lines_removed
-            if not verdict.kept:
-                quality_dropped[verdict.reason] += 1
-                continue
-            doc = dataclasses.replace(doc, text=verdict.text)
+    dedup_in = kept = 0
+    for doc in run:
         dedup_in += 1
         reason = dedup.check(doc.text)
         if reason:
@@ -123,40 +163,39 @@ def _ingest_source(source: SourceConfig, quality: QualityFilter, dedup: Deduplic
             continue
         writer.write(doc)
         kept += 1
-    logger.info("%s: %d records in, %d documents out", stats.label, stats.records_read, kept)
-    return {
-        "label": stats.label,
-        "kind": stats.kind,
-        "uri": stats.uri,
-        "documents_out": kept,
-        "stages": {
-            "source": _stage(stats.records_read, stats.documents, stats.dropped),
-            "quality": _stage(quality_in, dedup_in if source.apply_quality_filters else 0, quality_dropped,
-                              boilerplate_lines_removed=lines_removed),
-            "dedup": _stage(dedup_in, kept, dedup_dropped),
-        },
-        "events": dict(sorted(stats.events.items())),
-        "failed_files": stats.failed_files,
-    }
+    return run.report(dedup_in, kept, dedup_dropped)
 
 
-def run_ingest(config: IngestConfig) -> IngestResult:
-    """Read every source in order, filter, deduplicate across sources, write shards and manifest.json.
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
-    The output folder appears complete or not at all: everything is written to a sibling temporary folder that
-    is renamed into place at the end.
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A sibling temporary folder to write into, renamed to ``out`` (replacing it) when the block succeeds and
+    removed when it fails: ``out`` appears complete or not at all, also when a retried task rewrites it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def publish(config: IngestConfig, write: Callable[[ShardedWriter], list[dict[str, Any]]]) -> IngestResult:
+    """Write an output folder: ``write(writer)`` fills the shards and returns one report per source, then the
+    manifest goes beside them, all through ``staged_folder``.
     """
-    if not config.sources:
-        raise ConfigError("IngestConfig.sources is empty: add a HFSourceConfig or CommonCrawlConfig")
     out = Path(config.output.output_dir).expanduser()
     _prepare_output_dir(out, config.output.overwrite)
     started = time.perf_counter()
-    quality = QualityFilter(config.quality)
-    dedup = Deduplicator(config.dedup)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         writer = ShardedWriter(config.output, staging)
-        reports = [_ingest_source(source, quality, dedup, writer) for source in config.sources]
+        reports = write(writer)
         written = writer.close()
         stages = {stage: _sum_stage([r["stages"][stage] for r in reports]) for stage in ("source", "quality", "dedup")}
         stages["quality"]["boilerplate_lines_removed"] = sum(
@@ -174,14 +213,17 @@ def run_ingest(config: IngestConfig) -> IngestResult:
                               "meta": "object (a JSON string in Parquet)"},
             **written,
         }
-        (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
-                                               encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write_json(staging / "manifest.json", manifest)
     logger.info("ingest done in %.1fs: %d of %d records kept -> %s (%s)", time.perf_counter() - started,
                 manifest["documents_out"], manifest["documents_in"], out, manifest["content_digest"])
     return IngestResult(output_dir=out, manifest=manifest)
+
+
+def run_ingest(config: IngestConfig) -> IngestResult:
+    """Read every source in order, filter, deduplicate across sources, write shards and manifest.json."""
+    if not config.sources:
+        raise ConfigError("IngestConfig.sources is empty: add a HFSourceConfig or CommonCrawlConfig")
+    quality = QualityFilter(config.quality)
+    dedup = Deduplicator(config.dedup)
+    return publish(config, lambda writer: [_ingest_source(source, quality, dedup, writer)
+                                           for source in config.sources])

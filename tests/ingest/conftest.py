@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from neuroq.ingest import CommonCrawlConfig
-from tests.ingest.fake_crawl import CRAWL_ID, crawl_objects
+from tests.ingest.fake_crawl import CRAWL_ID, crawl_objects, wide_crawl_objects
 from tests.support.s3server import SeaweedS3
 
 
@@ -20,7 +20,7 @@ def s3_server() -> Iterator[SeaweedS3]:
 @pytest.fixture(scope="session")
 def fake_crawl(s3_server: SeaweedS3) -> dict[str, bytes]:
     """The uploaded objects of bucket ``commoncrawl``, key -> bytes."""
-    objects = crawl_objects()
+    objects = {**crawl_objects(), **wide_crawl_objects()}
     client = s3_server.client()
     for key, data in objects.items():
         client.put_object(Bucket="commoncrawl", Key=key, Body=data)

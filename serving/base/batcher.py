@@ -12,13 +12,21 @@ from serving.base.settings import BatchConfig
 
 
 class _Job:
-    __slots__ = ("items", "results", "error", "done")
+    __slots__ = ("items", "results", "error", "done", "on_done")
 
-    def __init__(self, items: list):
+    def __init__(self, items: list, on_done: Callable[[], None] | None = None):
         self.items = items
         self.results: list = [None] * len(items)
         self.error: BaseException | None = None
         self.done = threading.Event()
+        self.on_done = on_done
+
+    def result(self) -> list:
+        """The items' outputs in their order, once the model thread has run them (or its error)."""
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.results
 
 
 class MicroBatcher:
@@ -59,8 +67,8 @@ class MicroBatcher:
                     self._arriving -= 1
                     self._cond.notify_all()
 
-    def _submit(self, items: list) -> list:
-        job = _Job(items)
+    def _submit(self, items: list, on_done: Callable[[], None] | None) -> _Job:
+        job = _Job(items, on_done)
         with self._cond:
             self._arriving -= 1
             self._queue.append(job)
@@ -68,10 +76,7 @@ class MicroBatcher:
                 self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
                 self._thread.start()
             self._cond.notify_all()
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return job.results
+        return job
 
     def _gather(self) -> list[_Job]:
         with self._cond:
@@ -106,6 +111,8 @@ class MicroBatcher:
             self.requests_run += len(jobs)
             for job in jobs:
                 job.done.set()
+                if job.on_done is not None:
+                    job.on_done()
 
     def _plan(self, jobs: list[_Job]) -> list[list[tuple[int, int]]]:
         keys = [(j, i) for j, job in enumerate(jobs) for i in range(len(job.items))]
@@ -131,6 +138,11 @@ class _Ticket:
         self.used = False
 
     def run(self, items: list) -> list:
+        return self.submit(items).result()
+
+    def submit(self, items: list, on_done: Callable[[], None] | None = None) -> _Job:
+        """Queue the items and return at once (a streaming request reads its outputs as they are made);
+        ``on_done`` is called on the model thread once they have run, and ``result()`` gives them."""
         self.used = True
-        return self._batcher._submit(items)
+        return self._batcher._submit(items, on_done)
 

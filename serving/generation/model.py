@@ -4,7 +4,9 @@ Prompts are left-padded and share a KV cache. The cross-request batcher (base/ba
 requests whose sampling settings are equal into that call (how many is bounded by the scoring server, which runs
 at most min(32, CPUs + 4) requests at once per worker); a request with a seed always runs on its own, since
 sampled tokens depend on the batch they are drawn in. ``health``, ``status`` and ``clear_session`` generate
-nothing and never wait behind requests that do.
+nothing and never wait behind requests that do. ``predict_stream`` answers completions and chat bodies as OpenAI
+stream chunks while the batched decoder runs (stream.py): ``mlflow.pyfunc`` users stream in-process, and the OpenAI
+front (``python -m serving openai``) streams them as server-sent events.
 
 Serve the registered champion (the model's code travels inside it, log.py):
 
@@ -16,9 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,15 @@ from neuroq.generate import DecodeStep, GenerationConfig, Sample, StepHook, gene
 from neuroq.tokenizer import NeuroQTokenizer
 from serving.base.integrity import logged_model_dir
 from serving.base.model import ServingModel
-from serving.base.request import RequestError
+from serving.base.request import RequestError, plain
+from serving.base.served import resolve_served_model
 from serving.base.settings import BatchConfig, pick_device
+from serving.generation import responses
 from serving.generation.legacy import LegacyAction, LegacyGenerate
 from serving.generation.requests import RequestParser, TextRequest
 from serving.generation.sessions import SessionStore
-from serving.generation.settings import GenerationSettings, resolve_served_model
+from serving.generation.settings import GenerationSettings
+from serving.generation.stream import stream_chunks
 
 __all__ = ["ARTIFACT_FILES", "GenerationJob", "NeuroQGenerationModel"]
 
@@ -89,7 +92,7 @@ class NeuroQGenerationModel(ServingModel):
         self.model, self.tokenizer, self.model_config = loaded.model, loaded.tokenizer, loaded.config
         self.settings = GenerationSettings.from_env()
         self.max_rows_per_call = BatchConfig.from_env().batch_size
-        self.served = resolve_served_model(self.settings.model_uri, logged.get("registered_model_name"))
+        self.served = resolve_served_model(self.settings.model_uri, logged.get("registered_model_name") or "neuroq")
         self.sessions = SessionStore(
             self.settings.session_dir,
             max_turns=self.settings.session_max_turns,
@@ -101,8 +104,20 @@ class NeuroQGenerationModel(ServingModel):
         logger.info("NeuroQ %s model (%s parameters) on %s serving as %s", self.model_config.mode,
                     f"{self.model.num_params(non_embedding=False):,}", self.device, self.served)
 
-    def parse(self, body):
-        return self.parser.parse(body)
+    def parse(self, body, *, streaming: bool = False):
+        return self.parser.parse(body, streaming=streaming)
+
+    def predict_stream(self, context, model_input, params=None) -> Iterator[dict]:
+        """A completions or chat body answered as OpenAI stream chunks, yielded as the batched decoder makes the
+        tokens (stream.py); closing the iterator stops the request's decoding. Bad bodies raise RequestError
+        before the first chunk."""
+        with self.batcher.reserve() as ticket:
+            request = self.parse(plain(model_input), streaming=True)
+            if not isinstance(request, TextRequest) or request.kind == "batch":
+                raise RequestError("request", "predict_stream streams a completions (prompt) or chat (messages) body")
+            jobs = self.prepare(request)
+            yield from stream_chunks(ticket, jobs, responses.ChunkWriter(request, self.served.name),
+                                     self.tokenizer.decode)
 
     def prepare(self, request) -> list[GenerationJob]:
         if isinstance(request, LegacyAction):
@@ -180,34 +195,7 @@ class NeuroQGenerationModel(ServingModel):
             }
         if request.kind == "batch":
             return [samples[0].text for samples in per_prompt]
-        return self._openai(request, per_prompt)
-
-    def _openai(self, request: TextRequest, per_prompt: list[list[Sample]]) -> dict:
-        chat = request.kind == "chat"
-        choices = []
-        for i, samples in enumerate(per_prompt):
-            for j, sample in enumerate(samples):
-                choice: dict[str, Any] = {"index": i * request.config.n + j}
-                if chat:
-                    choice["message"] = {"role": "assistant", "content": sample.text}
-                else:
-                    choice.update(text=sample.text, logprobs=None)
-                choice["finish_reason"] = sample.finish_reason
-                choices.append(choice)
-        prompt_tokens = sum(samples[0].prompt_tokens for samples in per_prompt)
-        completion_tokens = sum(s.completion_tokens for samples in per_prompt for s in samples)
-        return {
-            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
-            "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": self.served.name,
-            "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
+        return responses.completion(request, per_prompt, self.served.name)
 
     def _legacy_action(self, request: LegacyAction) -> dict:
         if request.action == "health":

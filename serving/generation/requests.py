@@ -21,7 +21,9 @@ The model is logged without a signature, so MLflow hands a body with a top-level
                                     answered like that body, inside "predictions".
 
 Completions and chat take the sampling fields of sampling.py, ``n``, and ``model``, ``user`` and ``stream: false``
-for client compatibility. Every bad value is an HTTP 400 whose message starts with the field's path
+for client compatibility. ``predict_stream`` (the OpenAI front's ``"stream": true``, or mlflow.pyfunc in-process) parses
+the same bodies with ``streaming=True``: ``stream`` may then be true, and ``stream_options: {"include_usage": true}``
+adds a last chunk with the usage. Every bad value is an HTTP 400 whose message starts with the field's path
 (``messages[2].content: ...``); sizes are checked before any text is tokenised (base/request.py says why that
 matters under ``mlflow models serve``).
 """
@@ -52,8 +54,8 @@ from serving.generation.settings import GenerationSettings
 
 __all__ = ["BATCH_FIELDS", "CHAT_FIELDS", "COMPLETION_FIELDS", "RequestParser", "TextRequest"]
 
-COMPLETION_FIELDS = ("prompt", "max_tokens", "n", "model", "user", "stream", *SAMPLING_FIELDS)
-CHAT_FIELDS = ("messages", "max_tokens", "n", "model", "user", "stream", *SAMPLING_FIELDS)
+COMPLETION_FIELDS = ("prompt", "max_tokens", "n", "model", "user", "stream", "stream_options", *SAMPLING_FIELDS)
+CHAT_FIELDS = ("messages", "max_tokens", "n", "model", "user", "stream", "stream_options", *SAMPLING_FIELDS)
 BATCH_FIELDS = ("prompt", "max_tokens", *SAMPLING_FIELDS)
 _MESSAGE_FIELDS = ("role", "content", "name")
 
@@ -66,6 +68,7 @@ class TextRequest:
     prompts: list[str]
     field: str  # where the prompts came from, for errors about their length
     config: GenerationConfig
+    include_usage: bool = False  # a stream's stream_options.include_usage
 
 
 class RequestParser:
@@ -78,7 +81,8 @@ class RequestParser:
         self.max_new_tokens = min(settings.max_new_tokens, context_length - 1)
         self.legacy = LegacyParser(limits, self.max_new_tokens, mode, served_name)
 
-    def parse(self, body) -> TextRequest | LegacyGenerate | LegacyAction:
+    def parse(self, body, *, streaming: bool = False) -> TextRequest | LegacyGenerate | LegacyAction:
+        """``streaming``: the caller streams the answer (predict_stream), so ``stream`` may be true."""
         if isinstance(body, pd.DataFrame):
             return self.batch_frame(body)
         if isinstance(body, str):
@@ -87,9 +91,9 @@ class RequestParser:
             return self.batch_list(body)
         body = expect_object(body, "request")
         if "messages" in body:
-            return self.chat(body)
+            return self.chat(body, streaming=streaming)
         if "prompt" in body:
-            return self.completion(body)
+            return self.completion(body, streaming=streaming)
         if "input" in body:
             return self.legacy.parse(expect_object(body["input"], "input"))
         raise RequestError(
@@ -99,16 +103,16 @@ class RequestParser:
 
     # -- OpenAI -------------------------------------------------------------------------------------------
 
-    def completion(self, body: dict) -> TextRequest:
+    def completion(self, body: dict, *, streaming: bool = False) -> TextRequest:
         reject_unknown(body, COMPLETION_FIELDS)
-        self._client_fields(body)
+        include_usage = self._client_fields(body, streaming)
         prompts = self._prompts(body["prompt"], "prompt")
         config = self._sampling(body, n=self._n(body, len(prompts)))
-        return TextRequest("completion", prompts, "prompt", config)
+        return TextRequest("completion", prompts, "prompt", config, include_usage)
 
-    def chat(self, body: dict) -> TextRequest:
+    def chat(self, body: dict, *, streaming: bool = False) -> TextRequest:
         reject_unknown(body, CHAT_FIELDS)
-        self._client_fields(body)
+        include_usage = self._client_fields(body, streaming)
         messages = body["messages"]
         if not isinstance(messages, list):
             raise RequestError("messages", "must be a list of {role, content} objects")
@@ -129,13 +133,27 @@ class RequestParser:
                                            "NeuroQ answers a user turn")
         prompt = NeuroQTokenizer.format_chat([{"role": m["role"], "content": m["content"]} for m in messages])
         config = self._sampling(body, n=self._n(body, 1))
-        return TextRequest("chat", [prompt], "messages", config)
+        return TextRequest("chat", [prompt], "messages", config, include_usage)
 
-    def _client_fields(self, body: dict) -> None:
+    def _client_fields(self, body: dict, streaming: bool) -> bool:
+        """Checks model, user, stream and stream_options; returns stream_options.include_usage."""
         optional_str(body, "model", self.limits)
         optional_str(body, "user", self.limits)
-        if optional_bool(body, "stream"):
-            raise RequestError("stream", "streaming is not available: mlflow models serve answers a request whole")
+        stream = optional_bool(body, "stream")
+        if stream and not streaming:
+            raise RequestError("stream", "streaming is not available: mlflow models serve answers a request whole; "
+                                         "stream with predict_stream or the OpenAI front (python -m serving openai)")
+        options = body.get("stream_options")
+        if options is None:
+            return False
+        if not (stream or streaming):
+            raise RequestError("stream_options", "is only allowed with \"stream\": true")
+        options = expect_object(options, "stream_options")
+        reject_unknown(options, ("include_usage",), "stream_options", path="stream_options")
+        include_usage = options.get("include_usage", False)
+        if not isinstance(include_usage, bool):
+            raise RequestError("stream_options.include_usage", "must be true or false")
+        return include_usage
 
     def _prompts(self, value, name: str) -> list[str]:
         if isinstance(value, list) and len(value) > self.max_prompts:

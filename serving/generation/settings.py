@@ -1,4 +1,4 @@
-"""Generation's own settings, read when the model loads, and which registered model the server answers for.
+"""Generation's own settings, read when the model loads.
 
 Besides base/settings.py's NEUROQ_SERVING_MAX_CHARS (per prompt or chat), MAX_ITEMS (chat messages),
 BATCH_SIZE (sequences per merged generate call), BATCH_WAIT_MS and DEVICE:
@@ -18,21 +18,13 @@ BATCH_SIZE (sequences per merged generate call), BATCH_WAIT_MS and DEVICE:
 
 from __future__ import annotations
 
-import logging
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
-
 from serving.base.settings import EnvSettings, setting
 
-__all__ = ["GenerationSettings", "ServedModel", "resolve_served_model"]
-
-logger = logging.getLogger(__name__)
-
-_MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))")
+__all__ = ["GenerationSettings"]
 
 
 @dataclass(frozen=True)
@@ -45,31 +37,3 @@ class GenerationSettings(EnvSettings):
     session_max_tokens: int = setting("SESSION_MAX_TOKENS", 512, minimum=1)
     session_ttl_s: float = setting("SESSION_TTL_S", 7 * 24 * 3600, minimum=1.0)
     model_uri: str | None = setting("MODEL_URI", None)
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """Which registered model this server answers for, as ``status`` reports it."""
-
-    name: str
-    version: str | None
-    alias: str | None
-    uri: str | None
-
-
-def resolve_served_model(model_uri: str | None, logged_name: str | None) -> ServedModel:
-    """Name, version and alias from ``model_uri``; an alias is looked up in the registry (once, at load)."""
-    name = logged_name or "neuroq"
-    if not model_uri:
-        return ServedModel(name, None, None, None)
-    match = _MODEL_URI.fullmatch(model_uri)
-    if match is None:
-        logger.warning("NEUROQ_SERVING_MODEL_URI=%s is not models:/NAME@ALIAS or models:/NAME/VERSION", model_uri)
-        return ServedModel(name, None, None, model_uri)
-    name, alias, version = match["name"], match["alias"], match["version"]
-    if alias is not None:
-        try:
-            version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
-        except Exception as exc:  # the registry may be unreachable; serving must still start
-            logger.warning("could not resolve %s to a version: %s", model_uri, exc)
-    return ServedModel(name, version, alias, model_uri)

@@ -15,15 +15,11 @@ from pathlib import Path
 import mlflow
 import pytest
 import requests
-import torch
 
-from neuroq.checkpoint import save_checkpoint
-from neuroq.corpus import bundled_dialogues
-from neuroq.model import NeuroQ, NeuroQConfig
-from neuroq.tokenizer import NeuroQTokenizer, TokenizerConfig
 from serving.generation.log import log_neuroq_model
 from tests.support import fuzz
 from tests.support.mlflow_serve import ModelServer
+from tests.support.neuroq_checkpoint import save_tiny_checkpoint
 
 MODEL_NAME = "neuroq"
 CHAMPION_URI = f"models:/{MODEL_NAME}@champion"
@@ -41,13 +37,7 @@ class Registry:
 
 @pytest.fixture(scope="session")
 def checkpoint_dir(tmp_path_factory) -> Path:
-    tokenizer = NeuroQTokenizer.train(
-        bundled_dialogues(),
-        TokenizerConfig(vocab_size=1000, character_coverage=0.98, hard_vocab_limit=False, num_threads=1),
-    )
-    torch.manual_seed(0)
-    model = NeuroQ(NeuroQConfig.preset("tiny", vocab_size=tokenizer.vocab_size))
-    return save_checkpoint(tmp_path_factory.mktemp("checkpoint") / "neuroq", model, tokenizer)
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "neuroq")
 
 
 @pytest.fixture(scope="session")

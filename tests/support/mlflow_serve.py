@@ -27,7 +27,12 @@ __all__ = ["ModelServer", "mlflow_models_serve", "serve_all"]
 
 
 class ModelServer:
-    """`mlflow models serve --env-manager local -m MODEL_URI -p PORT [-w N]` on loopback."""
+    """`mlflow models serve --env-manager local -m MODEL_URI -p PORT [-w N]` on loopback.
+
+    A subclass serves through another command (`command()`) that is ready when `ready_path` answers 200."""
+
+    name = "mlflow models serve"
+    ready_path = "/ping"
 
     def __init__(
         self,
@@ -49,6 +54,17 @@ class ModelServer:
         self.log_path = Path(log_dir or tempfile.gettempdir()) / f"mlflow-models-serve-{self.port}.log"
         self._process: subprocess.Popen | None = None
 
+    def command(self) -> list[str]:
+        return [
+            str(Path(sys.executable).parent / "mlflow"), "models", "serve",
+            "--env-manager", "local",
+            "-m", self.model_uri,
+            "-h", "127.0.0.1",
+            "-p", str(self.port),
+            "-w", str(self.workers),
+            "-t", str(self.request_timeout),
+        ]
+
     def start(self) -> ModelServer:
         bin_dir = str(Path(sys.executable).parent)
         env = {
@@ -58,19 +74,10 @@ class ModelServer:
             # `mlflow models serve` execs uvicorn through bash: it must find the venv's executables.
             "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
         }
-        command = [
-            str(Path(bin_dir) / "mlflow"), "models", "serve",
-            "--env-manager", "local",
-            "-m", self.model_uri,
-            "-h", "127.0.0.1",
-            "-p", str(self.port),
-            "-w", str(self.workers),
-            "-t", str(self.request_timeout),
-        ]
         with open(self.log_path, "wb") as log:
             # A new session lets stop() signal the whole tree (bash -> uvicorn -> workers) by one id.
             self._process = subprocess.Popen(
-                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.command(), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         return self
 
@@ -78,22 +85,20 @@ class ModelServer:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
     def wait_ready(self, timeout: float = 180.0) -> str:
-        """Block until GET /ping answers 200 (the model is loaded); returns the base URL."""
+        """Block until GET `ready_path` answers 200 (the model is loaded); returns the base URL."""
         assert self._process is not None, "call start() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow models serve exited with code {self._process.returncode}:\n{self.log_tail()}"
-                )
+                raise RuntimeError(f"{self.name} exited with code {self._process.returncode}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/ping", timeout=2) as response:
+                with urllib.request.urlopen(f"{self.url}{self.ready_path}", timeout=2) as response:
                     if response.status == 200:
                         return self.url
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.3)
-        raise TimeoutError(f"mlflow models serve not ready after {timeout:.0f}s:\n{self.log_tail()}")
+        raise TimeoutError(f"{self.name} not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server's whole process group: uvicorn (and its workers) outlive the `mlflow` CLI briefly."""

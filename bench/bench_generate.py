@@ -1,10 +1,19 @@
-"""Generation throughput of NeuroQ layered / brain / gpt at the spec's default sizes.
+"""Generation throughput of NeuroQ layered / brain / gpt.
 
-Prints two markdown tables: tokens/s with the KV cache vs recomputing the whole context each step, at several
-prompt lengths (batch 1, and other batch sizes on request); and batch-N vs batch-1 throughput with the cache.
-Weights are random (throughput does not depend on them); sampling uses the default knobs with eos disabled, so
-every row generates every token. The model's max_seq_len is raised to fit the longest context.
+``--decoders`` (issue 13): decode steps per second, prefill excluded, of equal E128 / 4-layer models at prompt
+64, batch 1 and 32, greedy and default knobs, for each KV-cache decoder (dynamic, static, and graph on CUDA),
+beside Hugging Face ``generate`` on a GPT-2 of the same size in the same process; then the issue's ratios. A
+step's time is ``(t(N new tokens) - t(1 new token)) / (N - 1)``, the median of ``--repeats`` runs.
 
+Otherwise, at the spec's default sizes: tokens/s with the KV cache vs recomputing the whole context each step,
+at several prompt lengths (batch 1, and other batch sizes on request), and batch-N vs batch-1 throughput with the
+cache (prefill included).
+
+Weights are random (throughput does not depend on them); eos is disabled, so every row generates every token.
+The model's max_seq_len is raised to fit the longest context.
+
+    python -m bench.bench_generate --decoders                          # CPU
+    python -m bench.bench_generate --decoders --device cuda --dtype bf16
     python -m bench.bench_generate --device cpu --quick
     python -m bench.bench_generate --device cuda --dtype bf16 --cache-batches 1,32
 """
@@ -13,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -50,6 +61,91 @@ def tokens_per_second(model: NeuroQ, settings: Settings, context: int, batch: in
             torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     return sum(s.completion_tokens for group in samples for s in group) / elapsed
+
+
+# The issue's comparison: equal E128 / 4-layer models, FFN 4E as GPT-2's, prompt 64.
+DECODER_MODEL = dict(n_embd=128, n_ff=512, n_head=4, n_layer=4, dropout=0.0)
+DECODER_CONTEXT = 64
+GREEDY = GenerationConfig(temperature=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0, stop_at_user=False)
+DEFAULT = GenerationConfig(stop_at_user=False, seed=0)
+# Hugging Face generate with the same knobs (transformers' names).
+HF_KNOBS = {"greedy": dict(do_sample=False),
+            "default": dict(do_sample=True, temperature=0.8, top_k=40, top_p=0.9, repetition_penalty=1.1,
+                            no_repeat_ngram_size=3)}
+
+
+def step_seconds(run: Callable[[int], None], new_tokens: int, repeats: int, sync: Callable[[], None]) -> float:
+    """Seconds per decode step of ``run(max_new_tokens)``, prefill excluded: (t(N) - t(1)) / (N - 1), median."""
+    def timed(n: int) -> float:
+        sync()
+        start = time.perf_counter()
+        run(n)
+        sync()
+        return time.perf_counter() - start
+
+    run(2)  # warm-up: allocations, and the graph decoder's compile and capture
+    run(new_tokens)
+    return statistics.median((timed(new_tokens) - timed(1)) / (new_tokens - 1) for _ in range(repeats))
+
+
+def decoder_table(settings: Settings, repeats: int) -> str:
+    import transformers  # only this table needs it
+
+    device = torch.device(settings.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if settings.dtype == "bf16"
+                else contextlib.nullcontext())
+    decoders = ["dynamic", "static"] + (["graph"] if device.type == "cuda" else [])
+    max_seq_len = DECODER_CONTEXT + settings.new_tokens
+    gen = torch.Generator().manual_seed(0)
+    prompts = torch.randint(6, 8000, (max(settings.cache_batches), DECODER_CONTEXT), generator=gen)
+    rates: dict[tuple, float] = {}
+    rows = ["| model | batch | knobs | " + " | ".join(f"{d} tok/s" for d in decoders) + " | static vs dynamic |",
+            "| --- | ---: | --- | " + " | ".join("---:" for _ in decoders) + " | ---: |"]
+    with autocast:
+        for mode in settings.modes:
+            torch.manual_seed(0)
+            model = NeuroQ(NeuroQConfig.preset(mode, **DECODER_MODEL, max_seq_len=max_seq_len)).to(device).eval()
+            for batch in settings.cache_batches:
+                ids = prompts[:batch].tolist()
+                for knobs, base in (("greedy", GREEDY), ("default", DEFAULT)):
+                    for decoder in decoders:
+                        def run(n: int, base=base, decoder=decoder) -> None:
+                            generate_ids(model, ids, replace(base, max_new_tokens=n, decoder=decoder), eos_ids=())
+                        rates[mode, batch, knobs, decoder] = batch / step_seconds(run, settings.new_tokens,
+                                                                                  repeats, sync)
+                    cells = " | ".join(_rate(rates[mode, batch, knobs, d]) for d in decoders)
+                    ratio = rates[mode, batch, knobs, "static"] / rates[mode, batch, knobs, "dynamic"]
+                    rows.append(f"| {mode} | {batch} | {knobs} | {cells} | {ratio:.2f}x |")
+        hf_config = transformers.GPT2Config(vocab_size=8000, n_positions=max_seq_len, n_embd=128, n_layer=4,
+                                            n_head=4, n_inner=512, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        torch.manual_seed(0)
+        hf = transformers.GPT2LMHeadModel(hf_config).to(device).eval()
+        for batch in settings.cache_batches:
+            input_ids = prompts[:batch].to(device)
+            for knobs, hf_knobs in HF_KNOBS.items():
+                def hf_run(n: int, hf_knobs=hf_knobs) -> None:
+                    with torch.inference_mode():
+                        hf.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=n,
+                                    min_new_tokens=n, pad_token_id=0, **hf_knobs)
+                rates["hf", batch, knobs] = batch / step_seconds(hf_run, settings.new_tokens, repeats, sync)
+                rows.append(f"| HF GPT-2 | {batch} | {knobs} | {_rate(rates['hf', batch, knobs])} | | |")
+    return "\n".join(rows) + "\n\n" + _targets(rates, settings, decoders)
+
+
+def _targets(rates: dict[tuple, float], settings: Settings, decoders: list[str]) -> str:
+    """The issue's three CPU targets per mode, for the device's default decoder (static on CPU, graph on CUDA)."""
+    small, large = min(settings.cache_batches), max(settings.cache_batches)
+    best = decoders[-1]
+    rows = [f"| mode ({best}) | batch-{large} / batch-{small}, default knobs (>= 8x) | batch-{large} step, "
+            "default / greedy (<= 1.3x) | "
+            f"batch-{small} greedy step vs HF (<= 0.6x) |", "| --- | ---: | ---: | ---: |"]
+    for mode in settings.modes:
+        scale = rates[mode, large, "default", best] / rates[mode, small, "default", best]
+        sampler_cost = rates[mode, large, "greedy", best] / rates[mode, large, "default", best]
+        vs_hf = rates["hf", small, "greedy"] / rates[mode, small, "greedy", best]
+        rows.append(f"| {mode} | {scale:.1f}x | {sampler_cost:.2f}x | {vs_hf:.2f}x |")
+    return "\n".join(rows)
 
 
 def _rate(tokens_per_s: float) -> str:
@@ -90,6 +186,9 @@ def main() -> None:
     parser.add_argument("--cache-batches", default="1", help="batch sizes of the cache vs no-cache table")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--quick", action="store_true", help="contexts 64,256, 16 new tokens, batch 8")
+    parser.add_argument("--decoders", action="store_true",
+                        help="the decoder table instead (issue 13): batches 1,32 unless --cache-batches says")
+    parser.add_argument("--repeats", type=int, default=3, help="--decoders: timed runs per cell (median)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,10 +201,15 @@ def main() -> None:
         batch=8 if args.quick else args.batch,
         cache_batches=[int(b) for b in args.cache_batches.split(",")],
     )
+    if args.decoders and args.cache_batches == parser.get_default("cache_batches"):
+        settings.cache_batches = [1, 32]
     device_name = torch.cuda.get_device_name() if settings.device == "cuda" else f"cpu x{torch.get_num_threads()}"
     print(f"NeuroQ generation, {device_name}, {settings.dtype}, torch {torch.__version__}, "
-          f"{settings.new_tokens} new tokens per row (prefill included), default sampling knobs\n")
-    print(run(settings))
+          f"{settings.new_tokens} new tokens per row\n")
+    if args.decoders:
+        print(decoder_table(settings, args.repeats))
+    else:
+        print(run(settings))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,17 @@
 All prompts (each repeated ``n`` times) decode together in one batch: rows are left-padded with an attention
 mask, so every row computes exactly what it would alone. :func:`generate_ids` is the token-level core (no
 tokenizer needed); :func:`generate` wraps it with encoding and decoding.
+
+The decode loop keeps every row's state on the device (history, finished, finish reason) and does no Python per
+row per token: the filters are batched (neuroq.sampling), stop tokens are one ``isin``, and the model runs through
+the decoder ``GenerationConfig.decoder`` picks (neuroq.decoding). Python touches single rows only for stop
+strings (decoded text) and for ``on_step`` (streaming). Against the per-row loop this replaced: the same tokens
+for greedy decoding and for sampling with ``top_k=0``; with top-k on, a seed picks other samples than before
+from the same distribution (neuroq.sampling says why).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import InitVar, dataclass
 from typing import Literal
@@ -17,12 +23,13 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from neuroq.errors import ConfigError
+from neuroq.decoding import DecoderKind, make_decoder
 from neuroq.model import NeuroQ
+from neuroq.sampling import apply_repetition_penalty, banned_ngrams, sample_next
 from neuroq.tokenizer import EOS_ID, PAD_ID, USER_ID, NeuroQTokenizer
 from neuroq.validation import is_int, is_number, require
 
-__all__ = ["GenerationConfig", "Sample", "DecodeStep", "StepHook", "generate", "generate_ids",
-           "apply_repetition_penalty", "filter_logits", "NgramBlocker"]
+__all__ = ["GenerationConfig", "Sample", "DecodeStep", "StepHook", "generate", "generate_ids"]
 
 FinishReason = Literal["stop", "length", "cancelled"]
 _DEFAULT_MAX_NEW_TOKENS = 64
@@ -42,6 +49,10 @@ class GenerationConfig:
 
     ``top_k=0``, ``top_p=1``, ``repetition_penalty=1`` and ``no_repeat_ngram_size=0`` switch those filters off.
     ``max_length`` is accepted as an alias of ``max_new_tokens`` (the original API's name).
+
+    ``decoder`` is how the KV cache runs (neuroq.decoding): ``auto`` (a captured static-cache step on CUDA, the
+    static cache eagerly elsewhere), ``dynamic``, ``static`` or ``graph``; every one gives the same tokens up to
+    rounding. ``use_cache=False`` recomputes the whole context each step instead (a reference, slow).
     """
 
     max_new_tokens: int = _DEFAULT_MAX_NEW_TOKENS
@@ -57,6 +68,7 @@ class GenerationConfig:
     seed: int | None = None
     n: int = 1
     use_cache: bool = True
+    decoder: DecoderKind = "auto"
     truncation: Literal["left", "error"] = "left"
     max_length: InitVar[int | None] = None
 
@@ -82,6 +94,8 @@ class GenerationConfig:
         self.stop = tuple(self.stop)
         require(all(isinstance(s, str) and s for s in self.stop), "stop", "non-empty strings", self.stop)
         require(self.seed is None or is_int(self.seed), "seed", "an integer or None", self.seed)
+        require(self.decoder in ("auto", "dynamic", "static", "graph"), "decoder",
+                "'auto', 'dynamic', 'static' or 'graph'", self.decoder)
         require(self.truncation in ("left", "error"), "truncation", "'left' or 'error'", self.truncation)
 
     @property
@@ -138,58 +152,6 @@ decoding ends as soon as no row is left. The hook runs on the decoding thread be
 block (hand the tokens to a queue)."""
 
 
-def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
-    """Make already-seen tokens less likely: positive logits are divided by ``penalty``, negative multiplied.
-
-    (Dividing a negative logit, as the original did, would make a seen token *more* likely.)
-    """
-    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalised, logits)
-
-
-def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
-    """Top-k, then nucleus (top-p) filtering of ``(B, V)`` logits: removed tokens get -inf.
-
-    Top-p keeps the smallest set of most likely tokens whose probability reaches ``top_p`` (at least one).
-    """
-    if 0 < top_k < logits.size(-1):
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return logits
-
-
-class NgramBlocker:
-    """Bans, per row, any token that would repeat an n-gram already in that row's prompt + completion."""
-
-    def __init__(self, n: int, rows: Sequence[Sequence[int]]):
-        self.n = n
-        self.seqs = [list(row) for row in rows]
-        self.next_tokens: list[defaultdict[tuple[int, ...], set[int]]] = []
-        for seq in self.seqs:
-            table: defaultdict[tuple[int, ...], set[int]] = defaultdict(set)
-            for end in range(n, len(seq) + 1):
-                table[tuple(seq[end - n:end - 1])].add(seq[end - 1])
-            self.next_tokens.append(table)
-
-    def add(self, row: int, token: int) -> None:
-        seq = self.seqs[row]
-        seq.append(token)
-        if len(seq) >= self.n:
-            self.next_tokens[row][tuple(seq[len(seq) - self.n:-1])].add(token)
-
-    def banned(self, row: int) -> set[int]:
-        seq = self.seqs[row]
-        if len(seq) < self.n - 1:
-            return set()
-        return self.next_tokens[row].get(tuple(seq[len(seq) - self.n + 1:]), set())
-
-
 def _fit_prompt(prompt: Sequence[int], budget: int, truncation: str, index: int) -> list[int]:
     if not prompt:
         raise ConfigError(f"prompt {index} is empty: give at least one token (e.g. bos)")
@@ -214,40 +176,45 @@ def _left_pad(rows: Sequence[list[int]], pad_id: int, device: torch.device) -> t
 
 
 class _Sampler:
-    """Picks each row's next token: repetition penalty, n-gram ban, scheduled temperature, top-k, top-p."""
+    """Picks every row's next token at once: repetition penalty, n-gram ban, scheduled temperature, top-k, top-p.
 
-    def __init__(self, config: GenerationConfig, rows: Sequence[list[int]], vocab_size: int, device: torch.device):
+    It keeps what the filters need on the device: ``history`` (left-padded prompt, then every fed token),
+    ``real`` (which of those are a row's own tokens) and ``seen`` (the vocabulary mask of the penalty).
+    """
+
+    def __init__(self, config: GenerationConfig, idx: Tensor, attention_mask: Tensor | None, vocab_size: int):
         self.config = config
-        self.seen = torch.zeros((len(rows), vocab_size), dtype=torch.bool, device=device)
-        self.seen[torch.tensor([r for r, row in enumerate(rows) for _ in row], device=device),
-                  torch.tensor([t for row in rows for t in row], device=device)] = True
-        self.blocker = NgramBlocker(config.no_repeat_ngram_size, rows) if config.no_repeat_ngram_size else None
+        self.vocab_size = vocab_size
+        rows, width = idx.shape
+        self.history = torch.cat([idx, idx.new_zeros((rows, config.max_new_tokens))], dim=1)
+        self.real = torch.zeros_like(self.history, dtype=torch.bool)
+        self.real[:, :width] = True if attention_mask is None else attention_mask.bool()
+        self.length = width
+        # Padding marks nothing: its columns point at the row's last prompt token, which is real.
+        prompt_tokens = torch.where(self.real[:, :width], idx, idx[:, -1:])
+        self.seen = torch.zeros((rows, vocab_size), dtype=torch.bool, device=idx.device)
+        self.seen.scatter_(1, prompt_tokens, True)
         self.generator = None
         if config.seed is not None:
-            self.generator = torch.Generator(device=device).manual_seed(config.seed)
+            self.generator = torch.Generator(device=idx.device).manual_seed(config.seed)
 
-    def __call__(self, logits: Tensor, step: int, active: Sequence[bool]) -> Tensor:
+    def __call__(self, logits: Tensor, step: int) -> Tensor:
         config = self.config
         logits = logits.float()
         if config.repetition_penalty != 1.0:
             logits = apply_repetition_penalty(logits, self.seen, config.repetition_penalty)
-        if self.blocker is not None:
-            bans = [(r, t) for r, live in enumerate(active) if live for t in self.blocker.banned(r)]
-            if bans:
-                ban_rows, ban_cols = zip(*bans)
-                logits[list(ban_rows), list(ban_cols)] = float("-inf")
-        temperature = config.temperature_at(step)
-        if temperature == 0:
-            return logits.argmax(dim=-1)
-        probs = filter_logits(logits / temperature, config.top_k, config.top_p).softmax(dim=-1)
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+        if config.no_repeat_ngram_size:
+            banned = banned_ngrams(self.history[:, :self.length], self.real[:, :self.length],
+                                   config.no_repeat_ngram_size, self.vocab_size)
+            logits = logits.masked_fill(banned, float("-inf"))
+        return sample_next(logits, config.temperature_at(step), config.top_k, config.top_p, self.generator)
 
-    def record(self, next_ids: Tensor, appended: Sequence[tuple[int, int]]) -> None:
-        """Note the tokens just fed back: ``next_ids`` for every row, ``appended`` (row, token) for live rows."""
-        self.seen.scatter_(1, next_ids.unsqueeze(1), True)
-        if self.blocker is not None:
-            for row, token in appended:
-                self.blocker.add(row, token)
+    def record(self, fed: Tensor, own: Tensor) -> None:
+        """Note the tokens fed back (``fed``, padding for finished rows); ``own`` marks those a row generated."""
+        self.history[:, self.length] = fed
+        self.real[:, self.length] = own
+        self.length += 1
+        self.seen.scatter_(1, fed[:, None], True)
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:
@@ -284,69 +251,98 @@ def generate_ids(
         return []
     prompts = [_fit_prompt(p, context - config.max_new_tokens, config.truncation, i) for i, p in enumerate(prompt_ids)]
     rows = [p for p in prompts for _ in range(config.n)]
-    stop_ids = set(eos_ids) | ({user_id} if config.stop_at_user else set())
     device = next(model.parameters()).device
+    stop_ids = torch.tensor(sorted(set(eos_ids) | ({user_id} if config.stop_at_user else set())), device=device)
     idx, attn_mask = _left_pad(rows, pad_id, device)
-    sampler = _Sampler(config, rows, model.config.vocab_size, device)
-    completions: list[list[int]] = [[] for _ in rows]
-    reasons: list[FinishReason | None] = [None] * len(rows)
-    texts: list[str | None] = [None] * len(rows)
+    width, batch = idx.size(1), len(rows)
+    sampler = _Sampler(config, idx, attn_mask, model.config.vocab_size)
+    # Per row, on the device: finished yet, and why (an index into _REASONS); the completions are the sampler's
+    # history after the prompt, so nothing per row is touched in Python unless a stop string or a hook needs it.
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    reason = torch.zeros(batch, dtype=torch.uint8, device=device)
+    cut_texts: dict[int, str] = {}
 
     was_training = model.training
     model.eval()
     try:
-        out = model(idx, attention_mask=attn_mask, use_cache=config.use_cache, logits_to_keep=1)
+        decoder = make_decoder(config.decoder if config.use_cache else "recompute", model, idx, attn_mask,
+                               config.max_new_tokens, pad_id)
+        logits = decoder.prefill()
         for step in range(config.max_new_tokens):
-            next_ids = sampler(out.logits[:, -1], step, [reason is None for reason in reasons])
-            appended = []
-            for r, token in enumerate(next_ids.tolist()):
-                if reasons[r] is not None:
-                    continue
-                if token in stop_ids:
-                    reasons[r] = "stop"
-                    continue
-                completions[r].append(token)
-                appended.append((r, token))
-                if config.stop:
-                    text = decode(completions[r])
-                    cut = _first_stop(text, config.stop)
-                    if cut is not None:
-                        texts[r], reasons[r] = text[:cut], "stop"
-            if step == config.max_new_tokens - 1:
-                reasons = [reason or "length" for reason in reasons]
+            next_ids = sampler(logits[:batch], step)
+            live = ~finished
+            stopped = live & torch.isin(next_ids, stop_ids)
+            own = live & ~stopped
+            reason = torch.where(stopped, _STOP, reason)
+            finished = finished | stopped
+            fed = torch.where(own, next_ids, pad_id)
+            sampler.record(fed, own)
+            if config.stop:
+                finished, reason = _match_stop_strings(sampler, width, own, finished, reason, config.stop, decode,
+                                                       cut_texts)
+            last = step == config.max_new_tokens - 1
+            if last:
+                reason = torch.where(finished, reason, _LENGTH)
             if on_step is not None:
-                new = dict(appended)
-                for r in on_step(DecodeStep(step, [new.get(r) for r in range(len(rows))], list(reasons))) or ():
-                    reasons[r] = reasons[r] or "cancelled"
-            if step == config.max_new_tokens - 1 or all(reasons):
+                cancelled = on_step(_step_event(step, fed, own, reason))
+                if cancelled:
+                    rows_ = torch.tensor(list(cancelled), dtype=torch.long, device=device)
+                    reason[rows_] = torch.where(reason[rows_] == 0, _CANCELLED, reason[rows_])
+                    finished[rows_] = True
+            if last or bool(finished.all()):
                 break
             # Finished rows keep decoding padding: rows never attend to each other, so nothing else changes.
-            active = torch.tensor([reason is None for reason in reasons], device=device)
-            next_ids = torch.where(active, next_ids, pad_id)
-            sampler.record(next_ids, appended)
-            next_ids = next_ids.unsqueeze(1)
-            if attn_mask is not None:
-                attn_mask = torch.cat([attn_mask, torch.ones_like(next_ids)], dim=1)
-            if config.use_cache:
-                out = model(next_ids, attention_mask=attn_mask, past_key_values=out.past_key_values, use_cache=True,
-                            logits_to_keep=1)
-            else:
-                idx = torch.cat([idx, next_ids], dim=1)
-                out = model(idx, attention_mask=attn_mask, logits_to_keep=1)
+            if decoder.rows > batch:
+                fed = torch.cat([fed, fed.new_full((decoder.rows - batch,), pad_id)])
+            logits = decoder.step(fed)
     finally:
         model.train(was_training)
 
-    samples = [
-        Sample(
-            text=texts[r] if texts[r] is not None else (decode(completions[r]) if decode else ""),
-            token_ids=completions[r],
-            prompt_tokens=len(rows[r]),
-            completion_tokens=len(completions[r]),
-            finish_reason=reasons[r] or "length",
-        )
-        for r in range(len(rows))
-    ]
+    lengths = (sampler.real[:, width:].sum(dim=1)).tolist()
+    generated = sampler.history[:, width:].tolist()
+    reasons = reason.tolist()
+    samples = []
+    for r in range(batch):
+        token_ids = generated[r][:lengths[r]]
+        text = cut_texts.get(r)
+        if text is None:
+            text = decode(token_ids) if decode else ""
+        samples.append(Sample(text=text, token_ids=token_ids, prompt_tokens=len(rows[r]),
+                              completion_tokens=lengths[r], finish_reason=_REASONS[reasons[r]] or "length"))
     return [samples[i * config.n:(i + 1) * config.n] for i in range(len(prompts))]
+
+
+_REASONS: tuple[FinishReason | None, ...] = (None, "stop", "length", "cancelled")
+_STOP, _LENGTH, _CANCELLED = 1, 2, 3
+
+
+def _step_event(step: int, fed: Tensor, own: Tensor, reason: Tensor) -> DecodeStep:
+    tokens = torch.where(own, fed, -1).tolist()
+    return DecodeStep(step, [t if t >= 0 else None for t in tokens], [_REASONS[c] for c in reason.tolist()])
+
+
+def _match_stop_strings(sampler: _Sampler, width: int, own: Tensor, finished: Tensor, reason: Tensor,
+                        stops: Sequence[str], decode: Callable[[list[int]], str], cut_texts: dict[int, str]
+                        ) -> tuple[Tensor, Tensor]:
+    """Stop strings live in decoded text, so this is per row in Python: only rows that just grew are decoded."""
+    grown = own.nonzero().flatten().tolist()
+    if not grown:
+        return finished, reason
+    history = sampler.history[grown, width:sampler.length].tolist()
+    real = sampler.real[grown, width:sampler.length].tolist()
+    hits = []
+    for r, ids, marks in zip(grown, history, real):
+        text = decode([t for t, m in zip(ids, marks) if m])
+        cut = _first_stop(text, stops)
+        if cut is not None:
+            cut_texts[r] = text[:cut]
+            hits.append(r)
+    if hits:
+        rows = torch.tensor(hits, device=finished.device)
+        finished, reason = finished.clone(), reason.clone()
+        finished[rows] = True
+        reason[rows] = _STOP
+    return finished, reason
 
 
 def generate(

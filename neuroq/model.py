@@ -8,7 +8,9 @@
 
 Against the original implementation: inference is deterministic (the original mixed a sinusoid of a call counter
 into the QBNN gain and added brain-mode noise at inference), its dead parameters (an unused theta projection, phase
-and bias) are gone, and generation uses a KV cache instead of re-running the whole context for every token.
+and bias) are gone, and generation uses a KV cache instead of re-running the whole context for every token: a
+growing one (:data:`KVCache`), or a :class:`StaticKVCache` allocated once, whose decode step has the same shapes
+at every step so that it can be captured (CUDA graphs).
 
 One file on purpose, like nanoGPT's ``model.py``: it reads top-down (building blocks, then the config, then the
 model), and each QBNN piece is a small module beside the attention and MLP it modifies, so the whole computation a
@@ -30,11 +32,44 @@ from torch import Tensor
 from neuroq.errors import ConfigError
 from neuroq.validation import is_int, is_number, require
 
-__all__ = ["NeuroQConfig", "NeuroQ", "NeuroQOutput", "KVCache"]
+__all__ = ["NeuroQConfig", "NeuroQ", "NeuroQOutput", "KVCache", "StaticKVCache"]
 
 KVCache = list[tuple[Tensor, Tensor]]
 """Per layer ``(k, v)`` of shape ``(B, n_head, T_past, d_k)`` / ``(B, n_head, T_past, d)``; layered mode stores
 the concatenated key features ``[k, tanh(k)]`` (``d_k = 2d``), so a cached key is never recomputed."""
+
+
+class StaticKVCache:
+    """Keys and values of every layer for ``batch`` rows and ``length`` positions, allocated once, written in place.
+
+    Laid out as :data:`KVCache` with ``T_past = length``. A decode step (:meth:`NeuroQ.decode_step`) writes its
+    key and value at one column and attends over the first K columns, K being its mask's width: the current
+    length when it runs eagerly (no wasted work), or all ``length`` columns, the unwritten ones masked, when it is
+    captured, since a CUDA graph replays fixed shapes and addresses. The prompt's keys come from a normal forward
+    (:meth:`fill`), so prefill is the same computation with either cache.
+    """
+
+    def __init__(self, past: KVCache, length: int):
+        """Room for ``length`` positions, with the layout, dtype and device of the prefill cache ``past``."""
+        self.length = length
+        self.keys = [k.new_zeros(k.shape[:2] + (length, k.size(3))) for k, _ in past]
+        self.values = [v.new_zeros(v.shape[:2] + (length, v.size(3))) for _, v in past]
+        self.fill(past)
+
+    def fill(self, past: KVCache) -> None:
+        """Write a prefill cache into columns ``[0, T_past)`` (later columns keep stale values, always masked)."""
+        width = past[0][0].size(2)
+        for keys, values, (k, v) in zip(self.keys, self.values, past):
+            keys[:, :, :width].copy_(k)
+            values[:, :, :width].copy_(v)
+
+
+class _StaticLayer(NamedTuple):
+    """One layer's view of a StaticKVCache during a decode step: the buffers and the column to write."""
+
+    keys: Tensor
+    values: Tensor
+    write_at: Tensor
 
 # Brain-mode neuron layers: (density rho, gain lambda) from the spec; the QBNN branch has twice the neurons.
 BRAIN_ATTN_DENSITY, BRAIN_ATTN_GAIN = 0.2, 0.3
@@ -119,9 +154,10 @@ class CausalSelfAttention(nn.Module):
         if self.entangled:
             nn.init.normal_(self.J, std=0.02)
 
-    def forward(self, x: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | None = None
+    def forward(self, x: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | _StaticLayer | None = None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """``mask``: boolean ``(B|1, 1, T, T_past+T)``, True = may attend; None means plain causal, no past."""
+        """``mask``: boolean ``(B|1, 1, T, K)``, True = may attend; None means plain causal, no past. ``K`` is
+        ``T_past + T`` with a growing cache, the columns to attend over with a static one."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         if self.refine is not None:
@@ -129,7 +165,11 @@ class CausalSelfAttention(nn.Module):
             k = k + BRAIN_REFINE_SCALE * self.refine(k)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
         k_feat = torch.cat([k, torch.tanh(k)], dim=-1) if self.entangled else k
-        if past is not None:
+        if isinstance(past, _StaticLayer):
+            past.keys.index_copy_(2, past.write_at, k_feat)
+            past.values.index_copy_(2, past.write_at, v)
+            k_feat, v = past.keys[:, :, :mask.size(-1)], past.values[:, :, :mask.size(-1)]
+        elif past is not None:
             k_feat = torch.cat([past[0], k_feat], dim=2)
             v = torch.cat([past[1], v], dim=2)
         y = self._explicit(q, k_feat, v, mask) if self.explicit else self._fused(q, k_feat, v, mask)
@@ -227,7 +267,7 @@ class Block(nn.Module):
         else:
             self.qbnn = None
 
-    def forward(self, x: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | None = None
+    def forward(self, x: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | _StaticLayer | None = None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         a, present = self.attn(self.ln1(x), mask, past)
         x = x + a
@@ -375,6 +415,20 @@ class NeuroQ(nn.Module):
         else:
             logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
         return NeuroQOutput(logits, loss, presents if use_cache else None)
+
+    def decode_step(self, idx: Tensor, position_ids: Tensor, mask: Tensor, cache: StaticKVCache, write_at: Tensor
+                    ) -> Tensor:
+        """Next-token logits ``(B, V)`` for one new token per row, through a :class:`StaticKVCache`.
+
+        ``idx`` and ``position_ids`` ``(B, 1)``; ``write_at`` ``(1,)`` the cache column of the new token;
+        ``mask`` boolean ``(B, 1, 1, K)`` over the first K columns, True = may attend (the row's real tokens up to
+        and including this one). Every argument is a tensor of fixed shape for a given K, so
+        ``torch.compile(mode="reduce-overhead")`` can capture the step once and replay it.
+        """
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(position_ids))
+        for block, keys, values in zip(self.blocks, cache.keys, cache.values):
+            x, _ = block(x, mask, _StaticLayer(keys, values, write_at))
+        return self.lm_head(self.ln_f(x))[:, -1]
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; ``non_embedding`` leaves out the position table and an untied token table."""

@@ -8,15 +8,9 @@ import pytest
 import torch
 
 from neuroq.errors import ConfigError
-from neuroq.generate import (
-    GenerationConfig,
-    NgramBlocker,
-    apply_repetition_penalty,
-    filter_logits,
-    generate,
-    generate_ids,
-)
+from neuroq.generate import GenerationConfig, generate, generate_ids
 from neuroq.model import NeuroQ, NeuroQConfig
+from neuroq.sampling import apply_repetition_penalty, banned_ngrams, filter_logits
 from neuroq.tokenizer import NeuroQTokenizer, TokenizerConfig
 
 MODES = ("layered", "brain", "gpt")
@@ -93,14 +87,19 @@ def test_top_p_keeps_the_smallest_set_of_likely_tokens_reaching_p() -> None:
     assert torch.isfinite(filter_logits(logits, top_k=2, top_p=0.6)).tolist() == [[True, False, False, False]]
 
 
+def banned_sets(rows: list[list[int]], n: int, vocab: int = 10) -> list[set[int]]:
+    """banned_ngrams on left-padded rows (pad 0), as sets of token ids per row."""
+    width = max(map(len, rows))
+    history = torch.tensor([[0] * (width - len(row)) + row for row in rows])
+    real = torch.tensor([[False] * (width - len(row)) + [True] * len(row) for row in rows])
+    mask = banned_ngrams(history, real, n, vocab)
+    return [set(torch.nonzero(row).flatten().tolist()) for row in mask]
+
+
 def test_no_repeat_ngram_bans_the_token_that_would_repeat_a_trigram() -> None:
-    blocker = NgramBlocker(3, [[5, 6, 7, 5, 6]])
-    assert blocker.banned(0) == {7}
-    blocker.add(0, 8)
-    assert blocker.banned(0) == set()
-    blocker.add(0, 5)
-    blocker.add(0, 6)
-    assert blocker.banned(0) == {7, 8}
+    assert banned_sets([[5, 6, 7, 5, 6]], 3) == [{7}]
+    assert banned_sets([[5, 6, 7, 5, 6, 8]], 3) == [set()]
+    assert banned_sets([[5, 6, 7, 5, 6, 8, 5, 6]], 3) == [{7, 8}]
 
 
 def test_generated_text_never_repeats_a_bigram_under_no_repeat_ngram_size_2() -> None:
@@ -275,3 +274,64 @@ def test_on_step_streams_each_rows_tokens_as_decoded_and_a_stopped_row_ends_canc
                  for s in samples]
     assert (cancelled[1].finish_reason, cancelled[1].token_ids) == ("cancelled", full[1].token_ids[:3])
     assert [s for r, s in enumerate(cancelled) if r != 1] == [s for r, s in enumerate(full) if r != 1]
+
+
+RAGGED = [[2, 7, 8, 9, 10, 11, 7, 8], [2, 12], [2, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22], [2, 9, 9, 9]]
+SAMPLED = GenerationConfig(max_new_tokens=12, temperature=1.0, temp_min=0.5, seed=11, n=2, stop_at_user=False)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("config", [GREEDY, SAMPLED, GenerationConfig(max_new_tokens=12, seed=5, stop_at_user=False)],
+                         ids=["greedy", "sampled", "default-knobs"])
+def test_static_cache_decodes_the_same_tokens_as_the_dynamic_cache_on_a_ragged_batch(mode: str, config) -> None:
+    model = tiny(mode)
+    dynamic = generate_ids(model, RAGGED, replace(config, decoder="dynamic"), eos_ids=(3,))
+    assert generate_ids(model, RAGGED, replace(config, decoder="static"), eos_ids=(3,)) == dynamic
+
+
+def test_the_captured_step_decodes_the_same_tokens_as_the_dynamic_cache() -> None:
+    # The CUDA path (torch.compile, reduce-overhead) run through inductor on CPU; the batch of 4 rows x n=2 is
+    # padded to 8 rows, the cache spans max_seq_len.
+    model = tiny("layered")
+    for config in (GREEDY, SAMPLED):
+        dynamic = generate_ids(model, RAGGED[:3], replace(config, decoder="dynamic"), eos_ids=())
+        assert generate_ids(model, RAGGED[:3], replace(config, decoder="graph"), eos_ids=()) == dynamic
+
+
+def test_each_filter_matches_its_definition_on_every_row_of_a_batch() -> None:
+    logits = torch.tensor([[0.1, 3.0, 2.0, -1.0, 2.5, 0.0],
+                           [4.0, -2.0, -3.0, 1.0, 0.5, 0.2],
+                           [-1.0, -0.5, -4.0, -0.1, -2.0, -3.0]])
+    kept = torch.isfinite(filter_logits(logits, top_k=2))
+    assert kept.tolist() == [[False, True, False, False, True, False],
+                             [True, False, False, True, False, False],
+                             [False, True, False, True, False, False]]
+    probs = logits.softmax(-1)
+    for p in (0.3, 0.6, 0.9, 0.99):
+        kept = torch.isfinite(filter_logits(logits, top_p=p))
+        for row, keep in zip(probs, kept):
+            order = row.argsort(descending=True).tolist()
+            need = next(i + 1 for i in range(len(order)) if row[order[:i + 1]].sum() >= p)  # smallest set reaching p
+            assert sorted(torch.nonzero(keep).flatten().tolist()) == sorted(order[:need])
+    seen = torch.tensor([[True, False, True, True, False, False],
+                         [False, True, False, False, True, True],
+                         [True, True, True, False, False, False]])
+    penalised = apply_repetition_penalty(logits, seen, 2.0)
+    expected = torch.where(seen, torch.where(logits > 0, logits / 2, logits * 2), logits)
+    assert torch.equal(penalised, expected)
+
+
+def test_the_ngram_ban_blocks_exactly_the_banned_continuations_of_each_row_without_leaking() -> None:
+    rows = [[1, 2, 3, 1, 2], [4, 1, 2, 5, 6, 1, 2], [1, 2], [9, 1, 2, 7, 8, 9, 1]]
+    # Row 0: "1 2" was followed by 3. Row 1: by 5. Row 2 has no earlier "1 2". Row 3 ends in "9 1": followed by 2.
+    assert banned_sets(rows, 3) == [{3}, {5}, set(), {2}]
+    assert banned_sets(rows, 2) == [{3}, {5}, set(), {2}]
+    assert banned_sets(rows, 1) == [{1, 2, 3}, {1, 2, 4, 5, 6}, {1, 2}, {1, 2, 7, 8, 9}]
+
+
+def test_rows_with_different_histories_sample_independently_of_each_other() -> None:
+    # A row's tokens do not depend on what the other rows hold: greedy with every filter on, alone and batched.
+    model = tiny("brain")
+    config = replace(GREEDY, repetition_penalty=1.3, no_repeat_ngram_size=2)
+    alone = [generate_ids(model, [row], config, eos_ids=())[0][0].token_ids for row in RAGGED]
+    assert completions(generate_ids(model, RAGGED, config, eos_ids=())) == alone

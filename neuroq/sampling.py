@@ -1,0 +1,94 @@
+"""The sampling filters of NeuroQ generation as batched tensor operations: one call picks every row's next token.
+
+Per step and for the whole batch at once: repetition penalty (from a ``seen`` mask), the no-repeat n-gram ban
+(matched on the token history, :func:`banned_ngrams`), the scheduled temperature, top-k, top-p, and the draw. No
+Python runs per row, so a batch-32 step with every filter on costs little more than a greedy one.
+
+Against the per-row sampler this replaces: the penalty, the n-gram ban, the temperature and the top-k / top-p sets
+are the same numbers, so greedy decoding gives the same tokens (top-k keeps exactly k tokens where the old one
+also kept any tied with the k-th logit). Top-p with top-k on is computed over the k kept
+tokens (the others have probability 0), which can move a token across the top-p boundary only at the last bit
+of rounding. The draw changed: it is taken among the k candidates (``torch.multinomial`` over the k kept
+probabilities) instead of over the whole vocabulary, because a full-vocabulary draw spends a random number on
+every token and cost 5 ms per batch-32 step on 2 CPU cores, more than the model. The distribution is the same;
+the sample a given seed picks is not the one it picked before this change (with ``top_k=0`` it is).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["apply_repetition_penalty", "banned_ngrams", "filter_logits", "sample_next"]
+
+
+def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """Make already-seen tokens less likely: positive logits are divided by ``penalty``, negative multiplied.
+
+    (Dividing a negative logit, as the original did, would make a seen token *more* likely.)
+    """
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def banned_ngrams(history: Tensor, valid: Tensor, n: int, vocab_size: int) -> Tensor:
+    """``(B, V)`` True where a token would repeat an n-gram already in that row's history.
+
+    ``history`` ``(B, T)`` holds each row's tokens (left-padded), ``valid`` ``(B, T)`` marks the real ones. A
+    token x is banned for a row when some earlier window of that row reads ``last n-1 tokens, x``; a row with
+    fewer than n real tokens bans nothing. Rows are matched against their own history only.
+    """
+    B, T = history.shape
+    banned = torch.zeros((B, vocab_size + 1), dtype=torch.bool, device=history.device)
+    if T < n:
+        return banned[:, :vocab_size]
+    windows = history.unfold(1, n, 1)  # (B, T-n+1, n): every n-gram, oldest first
+    prefix = history[:, T - n + 1:]  # the n-1 tokens the next one would follow
+    # Left padding: a window (or the prefix) is all real tokens exactly when its first column is.
+    match = (windows[..., :-1] == prefix[:, None, :]).all(-1) & valid[:, :T - n + 1]
+    if n > 1:
+        match &= valid[:, T - n + 1:T - n + 2]
+    # Non-matches write to a spare column, so one scatter bans every matched continuation of every row.
+    targets = torch.where(match, windows[..., -1], vocab_size)
+    return banned.scatter_(1, targets, True)[:, :vocab_size]
+
+
+def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Top-k, then nucleus (top-p) filtering of ``(B, V)`` logits: removed tokens get -inf.
+
+    Top-p keeps the smallest set of most likely tokens whose probability reaches ``top_p`` (at least one).
+    """
+    values, indices = _candidates(logits, top_k, top_p)
+    return torch.full_like(logits, float("-inf")).scatter(-1, indices, values)
+
+
+def _candidates(logits: Tensor, top_k: int, top_p: float) -> tuple[Tensor, Tensor]:
+    """The kept logits of each row, most likely first (-inf where filtered), and their token ids."""
+    if 0 < top_k < logits.size(-1):
+        # Unsorted top-k, then a sort of the k values: 40x cheaper on CPU than topk(sorted=True) at (32, 8000).
+        values, indices = logits.topk(top_k, dim=-1, sorted=False)
+        values, order = values.sort(dim=-1, descending=True)
+        indices = indices.gather(-1, order)
+    elif top_p < 1.0:
+        values, indices = logits.sort(dim=-1, descending=True)
+    else:
+        return logits, torch.arange(logits.size(-1), device=logits.device).expand_as(logits)
+    if top_p < 1.0:
+        probs = values.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        values = values.masked_fill(mass_before >= top_p, float("-inf"))
+    return values, indices
+
+
+def sample_next(logits: Tensor, temperature: float, top_k: int, top_p: float,
+                generator: torch.Generator | None) -> Tensor:
+    """Each row's next token ``(B,)`` from ``(B, V)`` logits: argmax at temperature 0, else a draw among the
+    top-k / top-p candidates of ``logits / temperature``."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    if 0 < top_k < logits.size(-1):
+        values, indices = _candidates(logits / temperature, top_k, top_p)
+        choice = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)
+        return indices.gather(-1, choice).squeeze(-1)
+    probs = filter_logits(logits / temperature, 0, top_p).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

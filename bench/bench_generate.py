@@ -118,7 +118,8 @@ def decoder_table(settings: Settings, repeats: int) -> str:
                     ratio = rates[mode, batch, knobs, "static"] / rates[mode, batch, knobs, "dynamic"]
                     rows.append(f"| {mode} | {batch} | {knobs} | {cells} | {ratio:.2f}x |")
         hf_config = transformers.GPT2Config(vocab_size=8000, n_positions=max_seq_len, n_embd=128, n_layer=4,
-                                            n_head=4, n_inner=512, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                                            n_head=4, n_inner=512, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                            bos_token_id=None, eos_token_id=None)
         torch.manual_seed(0)
         hf = transformers.GPT2LMHeadModel(hf_config).to(device).eval()
         for batch in settings.cache_batches:

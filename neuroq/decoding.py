@@ -10,8 +10,9 @@ next-token logits) and ``step(tokens)`` (feed one token per row, get the next lo
              once per batch bucket; caches are kept per (model, bucket) because a graph replays fixed addresses.
              On CPU the same code runs through inductor without graphs.
 
-``auto`` picks graph on CUDA and static elsewhere (measured on 2 CPU cores: static is faster than dynamic, and a
-compiled CPU step did not pay back its compile time for generation-sized requests; bench/RESULTS.md).
+``auto`` picks graph on CUDA, where a small model's step is bound by kernel launches that a graph removes, and
+static elsewhere: on 2 CPU cores static is as fast as dynamic or faster (bench/RESULTS.md), and a CPU has no
+launches to save, while compiling costs seconds per batch shape.
 Rows are left-padded: each row's positions count its real tokens, and a row attends to its own real tokens only.
 """
 

@@ -178,22 +178,20 @@ def _left_pad(rows: Sequence[list[int]], pad_id: int, device: torch.device) -> t
 class _Sampler:
     """Picks every row's next token at once: repetition penalty, n-gram ban, scheduled temperature, top-k, top-p.
 
-    It keeps what the filters need on the device: ``history`` (left-padded prompt, then every fed token),
-    ``real`` (which of those are a row's own tokens) and ``seen`` (the vocabulary mask of the penalty).
+    It keeps what the filters need on the device: ``history`` (the prompt, then every fed token; left padding
+    holds the row's last prompt token, which the penalty may count twice) and ``real`` (which columns are a
+    row's own tokens, for the n-gram ban).
     """
 
     def __init__(self, config: GenerationConfig, idx: Tensor, attention_mask: Tensor | None, vocab_size: int):
         self.config = config
         self.vocab_size = vocab_size
         rows, width = idx.shape
-        self.history = torch.cat([idx, idx.new_zeros((rows, config.max_new_tokens))], dim=1)
-        self.real = torch.zeros_like(self.history, dtype=torch.bool)
+        self.real = torch.zeros((rows, width + config.max_new_tokens), dtype=torch.bool, device=idx.device)
         self.real[:, :width] = True if attention_mask is None else attention_mask.bool()
+        prompt = torch.where(self.real[:, :width], idx, idx[:, -1:])
+        self.history = torch.cat([prompt, prompt.new_zeros((rows, config.max_new_tokens))], dim=1)
         self.length = width
-        # Padding marks nothing: its columns point at the row's last prompt token, which is real.
-        prompt_tokens = torch.where(self.real[:, :width], idx, idx[:, -1:])
-        self.seen = torch.zeros((rows, vocab_size), dtype=torch.bool, device=idx.device)
-        self.seen.scatter_(1, prompt_tokens, True)
         self.generator = None
         if config.seed is not None:
             self.generator = torch.Generator(device=idx.device).manual_seed(config.seed)
@@ -202,7 +200,7 @@ class _Sampler:
         config = self.config
         logits = logits.float()
         if config.repetition_penalty != 1.0:
-            logits = apply_repetition_penalty(logits, self.seen, config.repetition_penalty)
+            logits = apply_repetition_penalty(logits, self.history[:, :self.length], config.repetition_penalty)
         if config.no_repeat_ngram_size:
             banned = banned_ngrams(self.history[:, :self.length], self.real[:, :self.length],
                                    config.no_repeat_ngram_size, self.vocab_size)
@@ -214,7 +212,6 @@ class _Sampler:
         self.history[:, self.length] = fed
         self.real[:, self.length] = own
         self.length += 1
-        self.seen.scatter_(1, fed[:, None], True)
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -1,6 +1,6 @@
 """The sampling filters of NeuroQ generation as batched tensor operations: one call picks every row's next token.
 
-Per step and for the whole batch at once: repetition penalty (from a ``seen`` mask), the no-repeat n-gram ban
+Per step and for the whole batch at once: repetition penalty (on the token history), the no-repeat n-gram ban
 (matched on the token history, :func:`banned_ngrams`), the scheduled temperature, top-k, top-p, and the draw. No
 Python runs per row, so a batch-32 step with every filter on costs little more than a greedy one.
 
@@ -22,13 +22,15 @@ from torch import Tensor
 __all__ = ["apply_repetition_penalty", "banned_ngrams", "filter_logits", "sample_next"]
 
 
-def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+def apply_repetition_penalty(logits: Tensor, seen_ids: Tensor, penalty: float) -> Tensor:
     """Make already-seen tokens less likely: positive logits are divided by ``penalty``, negative multiplied.
 
-    (Dividing a negative logit, as the original did, would make a seen token *more* likely.)
+    ``seen_ids`` ``(B, T)`` lists each row's earlier tokens (repeats are fine). Only those entries are touched, so
+    the cost follows the history, not the vocabulary. (Dividing a negative logit, as the original did, would make
+    a seen token *more* likely.)
     """
-    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalised, logits)
+    seen = logits.gather(1, seen_ids)
+    return logits.scatter(1, seen_ids, torch.where(seen > 0, seen / penalty, seen * penalty))
 
 
 def banned_ngrams(history: Tensor, valid: Tensor, n: int, vocab_size: int) -> Tensor:

@@ -68,8 +68,7 @@ def test_generation_restores_the_models_training_mode() -> None:
 
 def test_repetition_penalty_divides_positive_logits_and_multiplies_negative_ones() -> None:
     logits = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
-    seen = torch.tensor([[True, True, False, False]])
-    assert apply_repetition_penalty(logits, seen, 2.0).tolist() == [[1.0, -4.0, 1.0, -1.0]]
+    assert apply_repetition_penalty(logits, torch.tensor([[0, 1, 0]]), 2.0).tolist() == [[1.0, -4.0, 1.0, -1.0]]
 
 
 def test_top_k_keeps_the_k_largest_logits() -> None:
@@ -313,10 +312,9 @@ def test_each_filter_matches_its_definition_on_every_row_of_a_batch() -> None:
             order = row.argsort(descending=True).tolist()
             need = next(i + 1 for i in range(len(order)) if row[order[:i + 1]].sum() >= p)  # smallest set reaching p
             assert sorted(torch.nonzero(keep).flatten().tolist()) == sorted(order[:need])
-    seen = torch.tensor([[True, False, True, True, False, False],
-                         [False, True, False, False, True, True],
-                         [True, True, True, False, False, False]])
-    penalised = apply_repetition_penalty(logits, seen, 2.0)
+    seen_ids = torch.tensor([[0, 2, 3, 2], [1, 4, 5, 5], [0, 1, 2, 0]])
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, seen_ids, True)
+    penalised = apply_repetition_penalty(logits, seen_ids, 2.0)
     expected = torch.where(seen, torch.where(logits > 0, logits / 2, logits * 2), logits)
     assert torch.equal(penalised, expected)
 

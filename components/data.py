@@ -1,11 +1,17 @@
 """Data components: one ingest per source family, then one merge that deduplicates across them and splits.
 
+Common Crawl is ingested in shards: `plan_cc_shards` splits the window of WET files, one `ingest_cc_shard` task
+per shard runs under `dsl.ParallelFor`, and `ingest_common_crawl` deduplicates the shards across each other into
+the crawl's dataset (what one process would have kept).
+
 The ingest components take only their own knobs and log nothing to MLflow, so they are pure functions of their
 inputs and KFP's cache can skip them (re-reading Common Crawl is the slowest thing a rerun could do). Their
 manifests travel as artifact metadata, and the merge step's MLflow run records them as dataset inputs.
 """
 
-from kfp.dsl import Dataset, Input, Output
+from typing import List
+
+from kfp.dsl import Dataset, Input, Markdown, Output
 
 from components.component import component
 
@@ -24,16 +30,45 @@ def ingest_hf(params: dict, data: Output[Dataset]):
 
 
 @component
-def ingest_common_crawl(params: dict, data: Output[Dataset]):
-    """Stream WET files of one crawl from S3 (or an S3-compatible endpoint), keep clean Japanese pages.
+def plan_cc_shards(params: dict) -> list:
+    """The shards of the Common Crawl window (contiguous ranges of WET files): one dict per ingest task."""
+    from components.params import PipelineParams
+    from components.steps import data as steps
+
+    return steps.plan_common_crawl_shards(PipelineParams.from_dict(params))
+
+
+@component
+def ingest_cc_shard(params: dict, shard: dict, data: Output[Dataset]):
+    """Stream one shard's WET files from S3, keep clean Japanese pages, write their exact keys and signatures."""
+    from components.params import PipelineParams
+    from components.steps import data as steps
+
+    manifest = steps.ingest_common_crawl_shard(PipelineParams.from_dict(params), shard, data.path)
+    data.metadata.update({key: manifest[key] for key in ("index", "distinct", "seconds", "skipped") if key in manifest})
+
+
+@component
+def ingest_common_crawl(
+    params: dict,
+    shards: Input[List[Dataset]],
+    val_fraction: float,
+    data: Output[Dataset],
+    summary: Output[Markdown],
+):
+    """Deduplicate the shards across each other (exact by key range, MinHash LSH by band) into the crawl's dataset.
 
     Writes an empty dataset when `data_sources` does not name common_crawl.
     """
     from components.params import PipelineParams
     from components.steps import data as steps
 
-    manifest = steps.ingest_common_crawl(PipelineParams.from_dict(params), data.path)
+    manifest = steps.dedup_common_crawl_shards(
+        PipelineParams.from_dict(params), [shard.path for shard in shards], data.path, val_fraction
+    )
     data.metadata.update(steps.lineage(manifest))
+    with open(summary.path, "w", encoding="utf-8") as handle:
+        handle.write(steps.ingest_summary(manifest))
 
 
 @component

@@ -58,7 +58,11 @@ class PipelineParams:
     cc_bucket: str = CommonCrawlConfig.bucket
     cc_anonymous: bool = CommonCrawlConfig.anonymous
     cc_max_records: int = 100  # the old handler's common_crawl_config.max_records default
-    cc_max_files: int = 1
+    cc_max_files: int = 1  # 0 = every file of wet.paths.gz from cc_first_file on
+    cc_first_file: int = CommonCrawlConfig.first_file  # index into wet.paths.gz where the window starts
+    # Ingest tasks the window of WET files is split into (contiguous windows, one KFP task each); cc_max_records
+    # then applies to each shard. 1 reproduces the single-process ingest task for task.
+    cc_shards: int = 1
     near_dedup: bool = DedupConfig.near
     dedup_threshold: float = DedupConfig.threshold
     val_fraction: float = 0.1  # the bundled corpus is small: 5% would leave too few validation documents
@@ -94,6 +98,10 @@ class PipelineParams:
     # mount this default). Empty: scratch beside the step's output, and a retry starts from step 0.
     checkpoint_dir: str = ""
     ckpt_interval: int = 100  # steps between those checkpoints, and one at the end (only with a checkpoint_dir)
+    # Where the data and tokenizer steps keep their outputs keyed by their inputs' content, so that a rerun with
+    # the same data and knobs reuses them instead of computing them again (`python -m pipelines.run local` sets
+    # <pipeline_root>/reuse). Empty: always compute. On a cluster, a volume every step's pod mounts.
+    reuse_dir: str = ""
     # --- evaluation and registry ------------------------------------------------------------------------
     sample_prompts: str = "こんにちは|今日はいい天気ですね|あなたは誰ですか"  # "|"-separated chat turns
     sample_max_new_tokens: int = 48
@@ -110,10 +118,11 @@ class PipelineParams:
         )
         if "huggingface" in self.sources and not self.hf_path:
             raise ConfigError("data_sources includes huggingface but hf_path is empty: name a dataset or a local path")
-        for name in ("hf_max_records", "cc_max_records", "cc_max_files", "epochs", "num_threads", "gpus",
-                     "ckpt_interval"):
+        for name in ("hf_max_records", "cc_max_records", "cc_max_files", "cc_first_file", "epochs", "num_threads",
+                     "gpus", "ckpt_interval"):
             value = getattr(self, name)
             require(value >= 0, name, ">= 0", value)
+        require(self.cc_shards >= 1, "cc_shards", ">= 1 (ingest tasks for the Common Crawl window)", self.cc_shards)
         if not self.prompts:
             raise ConfigError("sample_prompts is empty: give at least one prompt")
         if self.sample_max_new_tokens >= self.seq_length:
@@ -166,6 +175,7 @@ class PipelineParams:
             anonymous=self.cc_anonymous,
             max_records=self.cc_max_records or None,
             max_files=self.cc_max_files or None,
+            first_file=self.cc_first_file,
         )
 
     def ingest_config(self, sources: Sequence[HFSourceConfig | CommonCrawlConfig], output_dir: str) -> IngestConfig:

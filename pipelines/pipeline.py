@@ -1,9 +1,12 @@
 """The NeuroQ training pipeline as one KFP v2 DAG (no `from __future__ import annotations`: KFP reads the
 annotations as types).
 
-    start_run ─┬─> ingest_hf ─────────────┐
-               └─> ingest_common_crawl ───┴─> merge_dedup_split ─> train_tokenizer ─> train_neuroq
-                                                                   register <─ evaluate <─┘
+    start_run ─┬─> ingest_hf ──────────────────────────────────────────────────────┐
+               └─> plan_cc_shards ─> ParallelFor: ingest_cc_shard ─> ingest_common_crawl ┴─> merge_dedup_split ─┐
+                        train_tokenizer ─> train_neuroq ─> evaluate ─> register <───────────────────────────────┘
+
+`build_common_crawl_pipeline` is the Common Crawl part alone (shards -> deduplicated, split dataset), for
+ingesting a crawl once and training on it many times.
 
 Each knob is a pipeline parameter with the default of `PipelineParams`; `start_run` validates them all and
 opens the parent MLflow run, later steps log into child runs of it. Run it locally, compile it or submit it
@@ -16,7 +19,7 @@ from typing import Any
 from kfp import dsl, kubernetes
 
 from components.component import DEFAULT_IMAGE
-from components.data import ingest_common_crawl, ingest_hf, merge_dedup_split
+from components.data import ingest_cc_shard, ingest_common_crawl, ingest_hf, merge_dedup_split, plan_cc_shards
 from components.evaluation import evaluate, register
 from components.params import PipelineParams
 from components.start import start_run
@@ -24,13 +27,18 @@ from components.training import train_neuroq, train_tokenizer
 
 __all__ = [
     "CC_KNOBS",
+    "CC_PIPELINE_NAME",
+    "CC_SHARD_RESOURCES",
+    "CC_SHARD_RETRIES",
     "CHECKPOINT_MOUNT",
+    "DEFAULT_PARALLELISM",
     "HF_KNOBS",
     "PIPELINE_NAME",
     "RUN_PARAMETERS",
     "TRAIN_RESOURCES",
     "TRAIN_RETRIES",
     "TRAIN_SHM_VOLUME",
+    "build_common_crawl_pipeline",
     "build_pipeline",
     "neuroq_pipeline",
 ]
@@ -41,8 +49,17 @@ _D = PipelineParams()
 # The only knobs each ingest step sees: its cache key then changes only when its own data would.
 HF_KNOBS = ("data_sources", "hf_path", "hf_name", "hf_split", "hf_text_column", "hf_template", "hf_max_records",
             "hf_streaming")
+# The crawl's knobs include the dedup ones: near-dedup across the crawl happens in its shard stages.
 CC_KNOBS = ("data_sources", "cc_crawl_id", "cc_endpoint_url", "cc_bucket", "cc_anonymous", "cc_max_records",
-            "cc_max_files")
+            "cc_max_files", "cc_first_file", "cc_shards", "near_dedup", "dedup_threshold", "seed")
+CC_PIPELINE_NAME = "neuroq-common-crawl"
+# Shard tasks running at once. KFP v2 fixes a ParallelFor's parallelism when the pipeline is compiled (the IR's
+# iteratorPolicy.parallelismLimit is a number, not a parameter): `pipelines.run compile/submit --parallelism N`.
+DEFAULT_PARALLELISM = 8
+# One shard task: one core for gzip + filters + MinHash; its memory follows its own shard (its exact keys and
+# signatures, ~0.6 KB per kept page, texts a row group at a time), see bench/RESULTS.md.
+CC_SHARD_RESOURCES = {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2G", "memory_limit": "4G"}
+CC_SHARD_RETRIES = 3
 # Pipeline parameters that say where and how to run rather than what to train.
 RUN_PARAMETERS = ("tracking_uri", "run_name", "parent_run_id", "image")
 
@@ -63,7 +80,45 @@ CHECKPOINT_MOUNT = "/mnt/neuroq-checkpoints"
 _KNOBS = frozenset(field.name for field in dataclasses.fields(PipelineParams))
 
 
-def build_pipeline(checkpoint_pvc: str = "") -> Any:
+def _common_crawl_tasks(cc_params: Any, val_fraction: Any, parallelism: int, image: Any) -> Any:
+    """Add the crawl's tasks to the pipeline being defined: plan, one ingest task per shard, dedup across shards."""
+    plan = plan_cc_shards(params=cc_params)
+    with dsl.ParallelFor(plan.output, parallelism=parallelism) as shard:
+        ingest = ingest_cc_shard(params=cc_params, shard=shard)
+        (
+            ingest.set_cpu_request(CC_SHARD_RESOURCES["cpu_request"])
+            .set_cpu_limit(CC_SHARD_RESOURCES["cpu_limit"])
+            .set_memory_request(CC_SHARD_RESOURCES["memory_request"])
+            .set_memory_limit(CC_SHARD_RESOURCES["memory_limit"])
+            # S3 throttling and preempted nodes fail one shard; it retries alone, into a fresh output folder.
+            .set_retry(num_retries=CC_SHARD_RETRIES, backoff_duration="30s")
+            .set_container_image(image)
+        )
+    crawl = ingest_common_crawl(params=cc_params, shards=dsl.Collected(ingest.outputs["data"]),
+                                val_fraction=val_fraction)
+    for task in (plan, ingest, crawl):
+        task.set_caching_options(True)
+    for task in (plan, crawl):
+        task.set_container_image(image)
+    return plan, crawl
+
+
+def build_common_crawl_pipeline(parallelism: int = DEFAULT_PARALLELISM) -> Any:
+    """The crawl alone: its shards ingested and deduplicated into one train/validation dataset, no MLflow."""
+
+    @dsl.pipeline(name=CC_PIPELINE_NAME, description="Ingest a Common Crawl window in shards, deduplicated.")
+    def common_crawl_pipeline(
+        params: dict = {"data_sources": "common_crawl", **{name: getattr(_D, name) for name in CC_KNOBS[1:]}},
+        val_fraction: float = _D.val_fraction,
+        image: str = DEFAULT_IMAGE,
+    ):
+        # One dict of the CC_KNOBS: the main pipeline lists them as parameters already.
+        _common_crawl_tasks(params, val_fraction, parallelism, image)
+
+    return common_crawl_pipeline
+
+
+def build_pipeline(checkpoint_pvc: str = "", parallelism: int = DEFAULT_PARALLELISM) -> Any:
     """The pipeline; with `checkpoint_pvc`, train_neuroq mounts that PersistentVolumeClaim at CHECKPOINT_MOUNT and
     `checkpoint_dir` defaults to it, so a retried train task resumes from its last checkpoint (a compile-time
     choice: a pod spec cannot mount a claim whose name is empty)."""
@@ -85,6 +140,8 @@ def build_pipeline(checkpoint_pvc: str = "") -> Any:
         cc_anonymous: bool = _D.cc_anonymous,
         cc_max_records: int = _D.cc_max_records,
         cc_max_files: int = _D.cc_max_files,
+        cc_first_file: int = _D.cc_first_file,
+        cc_shards: int = _D.cc_shards,
         near_dedup: bool = _D.near_dedup,
         dedup_threshold: float = _D.dedup_threshold,
         val_fraction: float = _D.val_fraction,
@@ -108,6 +165,7 @@ def build_pipeline(checkpoint_pvc: str = "") -> Any:
         num_threads: int = _D.num_threads,
         checkpoint_dir: str = CHECKPOINT_MOUNT if checkpoint_pvc else _D.checkpoint_dir,
         ckpt_interval: int = _D.ckpt_interval,
+        reuse_dir: str = _D.reuse_dir,
         sample_prompts: str = _D.sample_prompts,
         sample_max_new_tokens: int = _D.sample_max_new_tokens,
         experiment_name: str = _D.experiment_name,
@@ -126,10 +184,11 @@ def build_pipeline(checkpoint_pvc: str = "") -> Any:
         params, run = start.outputs["params"], start.outputs["run"]
 
         hf = ingest_hf(params={name: knobs[name] for name in HF_KNOBS}).after(start)
-        cc = ingest_common_crawl(params={name: knobs[name] for name in CC_KNOBS}).after(start)
-        for ingest in (hf, cc):
-            ingest.set_caching_options(True)
-            ingest.set_retry(num_retries=3, backoff_duration="30s")  # remote sources fail transiently
+        hf.set_caching_options(True)
+        hf.set_retry(num_retries=3, backoff_duration="30s")  # remote sources fail transiently
+        # The merge splits train/validation across all sources, so the crawl's dataset stays in one split.
+        plan, cc = _common_crawl_tasks({name: knobs[name] for name in CC_KNOBS}, 0.0, parallelism, image)
+        plan.after(start)
 
         split = merge_dedup_split(params=params, run=run, hf_data=hf.outputs["data"], cc_data=cc.outputs["data"])
         tok = train_tokenizer(params=params, run=run, train_data=split.outputs["train_data"])
@@ -158,7 +217,7 @@ def build_pipeline(checkpoint_pvc: str = "") -> Any:
         # (and the registration) while reporting success, so those steps always run.
         for task in (split, tok, trained, scored, registered):
             task.set_caching_options(False)
-        for task in (start, hf, cc, split, tok, trained, scored, registered):
+        for task in (start, hf, split, tok, trained, scored, registered):
             task.set_container_image(image)
         return registered.output
 

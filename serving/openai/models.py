@@ -2,13 +2,16 @@
 artifacts' digests first, as under ``mlflow models serve``), with the ids clients may name it by.
 
 A model's id is its registered name (``models:/ruri-embed@champion`` -> ``ruri-embed``), which ``GET /v1/models``
-lists. Requests may also name it by the name its answers carry (``model_name`` of its model config, e.g. the hub
+lists; ``NAME=URI`` names it explicitly, e.g. ``ruri-embed=/opt/ml/model`` for the model baked into an image
+(``python -m serving.docker --openai embed``), where no registry is left to name it. Requests may also name it by the name its answers carry (``model_name`` of its model config, e.g. the hub
 id ``cl-nagoya/ruri-v3-310m`` a Ruri model was registered from), so clients of the former server keep working.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -19,6 +22,8 @@ from serving.base.served import ServedModel, resolve_served_model
 __all__ = ["FrontModel", "load_model"]
 
 logger = logging.getLogger(__name__)
+
+_NAMED = re.compile(r"(?P<name>[A-Za-z0-9][\w.-]*)=(?P<uri>.+)")
 
 
 @dataclass(frozen=True)
@@ -44,11 +49,16 @@ class FrontModel:
                 "uri": self.served.uri, "version": self.served.version, "alias": self.served.alias}
 
 
-def load_model(task: str, uri: str) -> FrontModel:
+def load_model(task: str, spec: str) -> FrontModel:
+    """``spec``: a model URI, or NAME=URI."""
+    named = _NAMED.fullmatch(spec)
+    uri = named["uri"] if named else spec
     started = time.monotonic()
     pyfunc = mlflow.pyfunc.load_model(uri)
-    # A URI of no registered model (runs:/..., a folder) is served under its last path segment.
+    # A URI of no registered model (runs:/..., a folder) is served under its last path segment unless named.
     served = resolve_served_model(uri, uri.rstrip("/").rsplit("/", 1)[-1])
+    if named:
+        served = dataclasses.replace(served, name=named["name"])
     answer_name = (pyfunc.model_config or {}).get("model_name")
     model = FrontModel(task, served, pyfunc, frozenset(n for n in (served.name, answer_name) if n), int(time.time()))
     logger.info("%s: %s (version %s) loaded in %.1f s", task, uri, served.version, time.monotonic() - started)

@@ -14,20 +14,31 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pytest
+import requests
 import torch
 import yaml
 from mlflow.models import Model
 
 from neuroq.errors import ConfigError
-from serving.docker import CONTEXT_MODEL_DIR, CPU_TORCH_INDEX, VARIANTS, DockerfileConfig, generate_dockerfile, main
+from serving.docker import (
+    CONTEXT_MODEL_DIR,
+    CPU_TORCH_INDEX,
+    SERVED_PORT,
+    VARIANTS,
+    DockerfileConfig,
+    generate_dockerfile,
+    main,
+)
 from serving.generation.log import default_requirements
 from serving.ruri import register as ruri_registry
 from tests.deploy.image_env import image_site
+from tests.support.mlflow_server import free_port, stop_process_group
 from tests.serving.tiny_models import HIDDEN
 
 TORCH_PIN = f"torch=={torch.__version__.split('+')[0]}"
@@ -177,6 +188,45 @@ def test_command_line_writes_the_cuda_context(served, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(out / "Dockerfile")
     assert "ENV MLFLOW_MODELS_WORKERS=2" in steps
     assert torch_step(steps) == f'RUN pip install --no-cache-dir "{TORCH_PIN}"'
+
+
+def test_openai_image_runs_the_front_from_the_code_the_model_carries(served, tmp_path):
+    """`--openai embed`: the entrypoint is the OpenAI front over /opt/ml/model, named as registered; run here as
+    the image would (the model's own code/ first on the path, not this checkout), it answers the OpenAI SDK's body."""
+    model = served["ruri-embed"]
+    with tracking(model.tracking_uri):
+        context = generate_dockerfile(DockerfileConfig(model.uri, str(tmp_path / "openai"), openai="embed"))
+    steps = instructions(context.dockerfile)
+    [entrypoint] = [json.loads(s.removeprefix("ENTRYPOINT ")) for s in steps if s.startswith("ENTRYPOINT ")]
+    assert entrypoint == ["python", "-m", "serving", "openai", "--embed", "ruri-embed=/opt/ml/model",
+                          "--host", "0.0.0.0", "-p", str(SERVED_PORT)]
+    assert "ENV PYTHONPATH=/opt/ml/model/code" in steps
+    assert not any("MLFLOW_MODELS_WORKERS" in s for s in steps)
+    assert (context.model_dir / "code" / "serving" / "openai" / "app.py").is_file()
+
+    port = free_port()
+    command = [sys.executable, *entrypoint[1:5], f"ruri-embed={context.model_dir}", "--host", "127.0.0.1",
+               "-p", str(port)]
+    env = {**os.environ, "PYTHONPATH": str(context.model_dir / "code"), "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "front.log", "wb") as log:
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "front.log").read_text()
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.3)
+        answer = requests.post(f"{url}/v1/embeddings", json={"model": "ruri-embed", "input": ["東京", "猫"]},
+                               timeout=60).json()
+        assert [len(item["embedding"]) for item in answer["data"]] == [HIDDEN, HIDDEN]
+        served_from = requests.get(f"{url}/v1/models", timeout=10).json()["data"]
+        assert [(m["id"], m["uri"]) for m in served_from] == [("ruri-embed", str(context.model_dir))]
+    finally:
+        stop_process_group(process)
 
 
 # ------------------------------------------------------------------------------------ the image's Python

@@ -30,7 +30,7 @@ from tests.support.s3server import SeaweedS3
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
-FOLDERS = ("serving", "mlflow", "pipeline")
+FOLDERS = ("serving", "serving-openai", "mlflow", "pipeline")
 # The pipeline's claim goes into the namespace KFP runs pods in, which exists already.
 OWN_NAMESPACE = ("serving", "mlflow")
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
@@ -109,7 +109,8 @@ def test_kubernetes_resources_validate_strictly(version):
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_inference_services_validate_against_kserves_api_and_their_pods_against_podspec(version):
     services = of_kind("InferenceService")
-    assert {isvc["metadata"]["name"] for isvc in services} == {"neuroq-generation", "ruri-embed", "ruri-rerank"}
+    assert {isvc["metadata"]["name"] for isvc in services} == {"neuroq-generation", "ruri-embed", "ruri-rerank",
+                                                               "neuroq-openai"}
     for isvc in services:
         jsonschema.validate(isvc, ISVC_SCHEMA)
         predictor = isvc["spec"]["predictor"]
@@ -188,13 +189,44 @@ def test_predictors_expose_mlflows_port_and_probe_a_path_its_nginx_passes():
     nginx = (Path(mlflow.__file__).parent / "models" / "container" / "scoring_server" / "nginx.conf").read_text()
     assert re.search(rf"listen {SERVED_PORT}\b", nginx)
     [passed] = re.findall(r"location ~ (\S+) \{", nginx)
-    for isvc in of_kind("InferenceService"):
+    for isvc in of_kind("InferenceService", RESOURCES["serving"]):
         [container] = isvc["spec"]["predictor"]["containers"]
         assert [p["containerPort"] for p in container["ports"]] == [SERVED_PORT]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["httpGet"]["port"] == SERVED_PORT
             assert re.match(passed, container[probe]["httpGet"]["path"])
         assert re.match(passed, "/invocations") and not re.match(passed, "/health")
+
+
+def test_the_openai_front_runs_the_documented_command_from_the_project_image(monkeypatch):
+    """deploy/k8s/serving-openai: `python -m serving openai` over the three champions, from the image
+    deploy/pipeline/Dockerfile builds (docs/deploy.md), listening on the probed port, its variables all read."""
+    from serving.__main__ import build_parser
+    from serving.openai.config import FrontConfig
+
+    [isvc] = of_kind("InferenceService", RESOURCES["serving-openai"])
+    [container] = isvc["spec"]["predictor"]["containers"]
+    assert container["image"] == DEFAULT_IMAGE
+    args = vars(build_parser().parse_args(container["command"][3:] + container["args"]))
+    assert args == {"tracking_uri": None, "command": "openai", "generate": "models:/neuroq@champion",
+                    "embed": "models:/ruri-embed@champion", "rerank": "models:/ruri-rerank@champion",
+                    "host": "0.0.0.0", "port": SERVED_PORT}
+    assert container["command"][:3] == ["python", "-m", "serving"]
+    assert [p["containerPort"] for p in container["ports"]] == [SERVED_PORT]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": SERVED_PORT}
+
+    env = env_of(container)
+    environ = RecordingEnviron(env)
+    monkeypatch.setattr(os, "environ", environ)
+    front = FrontConfig.from_env()
+    Limits.from_env(), BatchConfig.from_env(), GenerationSettings.from_env(), pick_device()
+    assert {key for key in env if key.startswith(ENV_PREFIX)} <= environ.read
+    assert front.max_body_bytes == int(env["NEUROQ_SERVING_MAX_BODY_BYTES"])
+    assert [item["valueFrom"]["secretKeyRef"] for item in container["env"] if item["name"] == "NEUROQ_SERVING_API_KEY"]
+    [tracking] = [s for s in of_kind("Service", RESOURCES["mlflow"]) if s["metadata"]["name"] == "mlflow"]
+    mlflow_namespace = yaml.safe_load((K8S / "mlflow" / "kustomization.yaml").read_text())["namespace"]
+    assert env["MLFLOW_TRACKING_URI"] == f"http://mlflow.{mlflow_namespace}.svc:{tracking['spec']['ports'][0]['port']}"
 
 
 class RecordingEnviron(dict):
@@ -257,7 +289,7 @@ def test_images_are_the_ones_docs_deploy_md_builds():
     for line in re.findall(r"python -m serving\.docker .*", docs):
         args = shlex.split(line.split("#")[0])
         variants[args[args.index("-d") + 1]] = args[args.index("--variant") + 1] if "--variant" in args else "cpu"
-    for isvc in of_kind("InferenceService"):
+    for isvc in of_kind("InferenceService", RESOURCES["serving"]):
         [container] = isvc["spec"]["predictor"]["containers"]
         context, _ = builds[container["image"]]
         assert container["image"].endswith(f"-{variants[context]}"), (container["image"], context)

@@ -7,7 +7,7 @@ bodies work verbatim."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,3 +87,16 @@ def client(front):
     from openai import OpenAI
 
     return OpenAI(base_url=f"{front.url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+
+
+def long_greedy_chat(complete: Callable[[dict], dict]) -> dict:
+    """A chat body whose greedy answer from the untrained model runs to max_tokens rather than meeting eos (the
+    first of a few prompts that does, asked through `complete`: which one depends on the random weights)."""
+    for question in ("日本の首都はどこですか？", "今日は", "猫"):
+        body = {"model": "neuroq", "messages": [{"role": "user", "content": question}], "temperature": 0,
+                "max_tokens": MAX_NEW_TOKENS}
+        whole = complete(body)
+        if whole["choices"][0]["finish_reason"] == "length":
+            assert whole["usage"]["completion_tokens"] == MAX_NEW_TOKENS
+            return body
+    raise AssertionError("no prompt's greedy answer runs to max_tokens: add one that does")

@@ -10,7 +10,13 @@ import time
 import pytest
 import requests
 
-from tests.serving_openai.conftest import API_KEY, MAX_BODY_BYTES, MAX_NEW_TOKENS, RERANK_SERVED_NAME
+from tests.serving_openai.conftest import (
+    API_KEY,
+    MAX_BODY_BYTES,
+    MAX_NEW_TOKENS,
+    RERANK_SERVED_NAME,
+    long_greedy_chat,
+)
 
 # The request of the former server's README (../shared/seeds/003), byte for byte what its users send.
 SEED_RERANK = {
@@ -96,7 +102,7 @@ def test_no_key_unknown_routes_and_health(front, auth):
 def test_a_client_that_disconnects_after_the_first_token_stops_its_decoding(front, auth):
     """A greedy answer that runs to max_tokens (seconds of decoding) when nobody hangs up; the client leaves after
     its first piece of text, and the server's decoder stops that row long before max_tokens."""
-    body = long_greedy_chat(front, auth)
+    body = long_greedy_chat(lambda body: post(front, "/v1/chat/completions", auth, json=body).json())
     with post(front, "/v1/chat/completions", auth, json={**body, "stream": True}, stream=True) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
@@ -112,15 +118,3 @@ def test_a_client_that_disconnects_after_the_first_token_stops_its_decoding(fron
     assert int(stopped[-1]) < MAX_NEW_TOKENS
     assert requests.get(f"{front.url}/health", timeout=10).status_code == 200
 
-
-def long_greedy_chat(front, auth) -> dict:
-    """A chat body whose greedy answer from the untrained model runs to max_tokens rather than meeting eos (the
-    first of a few prompts that does: which one depends on the random weights)."""
-    for question in ("日本の首都はどこですか？", "今日は", "猫"):
-        body = {"model": "neuroq", "messages": [{"role": "user", "content": question}], "temperature": 0,
-                "max_tokens": MAX_NEW_TOKENS}
-        whole = post(front, "/v1/chat/completions", auth, json=body).json()
-        if whole["choices"][0]["finish_reason"] == "length":
-            assert whole["usage"]["completion_tokens"] == MAX_NEW_TOKENS
-            return body
-    raise AssertionError("no prompt's greedy answer runs to max_tokens: add one that does")

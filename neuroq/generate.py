@@ -25,7 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from neuroq.errors import ConfigError
 from neuroq.decoding import DecoderKind, make_decoder
 from neuroq.model import NeuroQ
-from neuroq.sampling import apply_repetition_penalty, banned_ngrams, sample_next
+from neuroq.sampling import apply_repetition_penalty_, ban_repeated_ngrams_, sample_next
 from neuroq.tokenizer import EOS_ID, PAD_ID, USER_ID, NeuroQTokenizer
 from neuroq.validation import is_int, is_number, require
 
@@ -198,13 +198,12 @@ class _Sampler:
 
     def __call__(self, logits: Tensor, step: int) -> Tensor:
         config = self.config
-        logits = logits.float()
+        logits = logits.float()  # the decoder's fresh output (or its fp32 copy): the filters write into it
         if config.repetition_penalty != 1.0:
-            logits = apply_repetition_penalty(logits, self.history[:, :self.length], config.repetition_penalty)
+            apply_repetition_penalty_(logits, self.history[:, :self.length], config.repetition_penalty)
         if config.no_repeat_ngram_size:
-            banned = banned_ngrams(self.history[:, :self.length], self.real[:, :self.length],
-                                   config.no_repeat_ngram_size, self.vocab_size)
-            logits = logits.masked_fill(banned, float("-inf"))
+            ban_repeated_ngrams_(logits, self.history[:, :self.length], self.real[:, :self.length],
+                                 config.no_repeat_ngram_size)
         return sample_next(logits, config.temperature_at(step), config.top_k, config.top_p, self.generator)
 
     def record(self, fed: Tensor, own: Tensor) -> None:

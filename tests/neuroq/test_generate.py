@@ -10,7 +10,7 @@ import torch
 from neuroq.errors import ConfigError
 from neuroq.generate import GenerationConfig, generate, generate_ids
 from neuroq.model import NeuroQ, NeuroQConfig
-from neuroq.sampling import apply_repetition_penalty, banned_ngrams, filter_logits
+from neuroq.sampling import apply_repetition_penalty_, ban_repeated_ngrams_, filter_logits
 from neuroq.tokenizer import NeuroQTokenizer, TokenizerConfig
 
 MODES = ("layered", "brain", "gpt")
@@ -68,7 +68,7 @@ def test_generation_restores_the_models_training_mode() -> None:
 
 def test_repetition_penalty_divides_positive_logits_and_multiplies_negative_ones() -> None:
     logits = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
-    assert apply_repetition_penalty(logits, torch.tensor([[0, 1, 0]]), 2.0).tolist() == [[1.0, -4.0, 1.0, -1.0]]
+    assert apply_repetition_penalty_(logits, torch.tensor([[0, 1, 0]]), 2.0).tolist() == [[1.0, -4.0, 1.0, -1.0]]
 
 
 def test_top_k_keeps_the_k_largest_logits() -> None:
@@ -87,12 +87,12 @@ def test_top_p_keeps_the_smallest_set_of_likely_tokens_reaching_p() -> None:
 
 
 def banned_sets(rows: list[list[int]], n: int, vocab: int = 10) -> list[set[int]]:
-    """banned_ngrams on left-padded rows (pad 0), as sets of token ids per row."""
+    """ban_repeated_ngrams_ on left-padded rows (pad 0), as the sets of token ids it sets to -inf per row."""
     width = max(map(len, rows))
     history = torch.tensor([[0] * (width - len(row)) + row for row in rows])
     real = torch.tensor([[False] * (width - len(row)) + [True] * len(row) for row in rows])
-    mask = banned_ngrams(history, real, n, vocab)
-    return [set(torch.nonzero(row).flatten().tolist()) for row in mask]
+    logits = ban_repeated_ngrams_(torch.zeros(len(rows), vocab), history, real, n)
+    return [set(torch.nonzero(row == float("-inf")).flatten().tolist()) for row in logits]
 
 
 def test_no_repeat_ngram_bans_the_token_that_would_repeat_a_trigram() -> None:
@@ -314,7 +314,7 @@ def test_each_filter_matches_its_definition_on_every_row_of_a_batch() -> None:
             assert sorted(torch.nonzero(keep).flatten().tolist()) == sorted(order[:need])
     seen_ids = torch.tensor([[0, 2, 3, 2], [1, 4, 5, 5], [0, 1, 2, 0]])
     seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, seen_ids, True)
-    penalised = apply_repetition_penalty(logits, seen_ids, 2.0)
+    penalised = apply_repetition_penalty_(logits.clone(), seen_ids, 2.0)
     expected = torch.where(seen, torch.where(logits > 0, logits / 2, logits * 2), logits)
     assert torch.equal(penalised, expected)
 

@@ -232,7 +232,7 @@ async def _openai_error(request: Request, error: OpenAIError) -> Response:
 async def _http_error(request: Request, error: HTTPException) -> Response:
     """Starlette's own refusals (no such route, wrong method) in OpenAI's shape too."""
     if error.status_code == 404:
-        message = f"no route {request.method} {request.url.path}: see GET /v1/models and the routes in serving/README.md"
+        message = f"no route {request.method} {request.url.path}: the routes are in serving/README.md"
     else:
         message = f"{request.method} {request.url.path}: {error.detail}"
     return await _openai_error(request, OpenAIError(error.status_code, message, code="unknown_url"))

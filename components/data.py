@@ -25,7 +25,7 @@ def ingest_hf(params: dict, data: Output[Dataset]):
     from components.params import PipelineParams
     from components.steps import data as steps
 
-    manifest = steps.ingest_hf(PipelineParams.from_dict(params), data.path)
+    manifest = steps.ingest_hf(PipelineParams.from_ingest_knobs(params), data.path)
     data.metadata.update(steps.lineage(manifest))
 
 
@@ -35,7 +35,7 @@ def plan_cc_shards(params: dict) -> list:
     from components.params import PipelineParams
     from components.steps import data as steps
 
-    return steps.plan_common_crawl_shards(PipelineParams.from_dict(params))
+    return steps.plan_common_crawl_shards(PipelineParams.from_ingest_knobs(params))
 
 
 @component
@@ -44,7 +44,7 @@ def ingest_cc_shard(params: dict, shard: dict, data: Output[Dataset]):
     from components.params import PipelineParams
     from components.steps import data as steps
 
-    manifest = steps.ingest_common_crawl_shard(PipelineParams.from_dict(params), shard, data.path)
+    manifest = steps.ingest_common_crawl_shard(PipelineParams.from_ingest_knobs(params), shard, data.path)
     data.metadata.update({key: manifest[key] for key in ("index", "distinct", "seconds", "skipped") if key in manifest})
 
 
@@ -64,7 +64,7 @@ def ingest_common_crawl(
     from components.steps import data as steps
 
     manifest = steps.dedup_common_crawl_shards(
-        PipelineParams.from_dict(params), [shard.path for shard in shards], data.path, val_fraction
+        PipelineParams.from_ingest_knobs(params), [shard.path for shard in shards], data.path, val_fraction
     )
     data.metadata.update(steps.lineage(manifest))
     with open(summary.path, "w", encoding="utf-8") as handle:

@@ -70,6 +70,9 @@ class PipelineParams:
     vocab_size: int = 2000  # the bundled corpus (~45k characters) needs ~1300 pieces for its characters alone
     # --- model (the old handler's embed_dim / hidden_dim / num_heads / num_layers) ------------------------
     mode: str = NeuroQConfig.mode
+    # A NeuroQConfig preset (e.g. "base", "large": the GPU sizes, context 1024) whose sizes and context replace
+    # n_embd, n_ff, n_head and n_layer; seq_length stays the training block size, at most that context.
+    preset: str = ""
     n_embd: int = 64
     n_ff: int = 128
     n_head: int = 4
@@ -192,15 +195,16 @@ class PipelineParams:
         return TokenizerConfig(vocab_size=self.vocab_size, seed=self.seed, hard_vocab_limit=False, **threads)
 
     def model_config(self, vocab_size: int | None = None) -> NeuroQConfig:
+        common = {"mode": self.mode, "vocab_size": vocab_size or self.vocab_size, "dropout": self.dropout}
+        if self.preset:
+            return NeuroQConfig.preset(self.preset, **common)
         return NeuroQConfig(
-            mode=self.mode,
-            vocab_size=vocab_size or self.vocab_size,
             n_embd=self.n_embd,
             n_ff=self.n_ff,
             n_head=self.n_head,
             n_layer=self.n_layer,
             max_seq_len=self.seq_length,
-            dropout=self.dropout,
+            **common,
         )
 
     def train_config(
@@ -234,6 +238,19 @@ class PipelineParams:
     # --- serialisation ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_ingest_knobs(cls, data: Mapping[str, Any]) -> PipelineParams:
+        """`from_dict` for an ingest task, which sees only its source family's knobs (pipelines.pipeline's
+        HF_KNOBS or CC_KNOBS, so that its cache key changes only when its own data would).
+
+        A source whose knobs it does not see leaves `data_sources` first: the crawl's tasks would otherwise fail the
+        check that huggingface names an hf_path. What remains names no source of theirs when empty ("bundled",
+        which only the Hugging Face task reads).
+        """
+        sources = [source.strip() for source in str(data.get("data_sources", "")).split(",")]
+        kept = [source for source in sources if source and (source != "huggingface" or "hf_path" in data)]
+        return cls.from_dict({**data, "data_sources": ",".join(kept) or "bundled"})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PipelineParams:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from components.params import add_arguments, from_arguments
 from neuroq.cli import run_command
-from pipelines.run import DEFAULT_PIPELINE_ROOT, run_local
+from pipelines.run import DEFAULT_PIPELINE_ROOT, run_local, run_summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,7 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parent_run_id = os.environ.pop("MLFLOW_RUN_ID", "")
 
     def run() -> None:
-        print(run_local(from_arguments(args), pipeline_root=args.pipeline_root, parent_run_id=parent_run_id))
+        print(run_summary(run_local(from_arguments(args), pipeline_root=args.pipeline_root,
+                                    parent_run_id=parent_run_id)))
 
     return run_command(run)
 

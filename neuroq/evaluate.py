@@ -179,18 +179,25 @@ def score_text(
 
 
 def unigram_bits_per_char(
-    train_ids: Sequence[int] | np.ndarray | torch.Tensor,
+    train_ids: Sequence[int] | np.ndarray | torch.Tensor | Sequence[np.ndarray],
     text: str | Sequence[str],
     tokenizer: NeuroQTokenizer,
 ) -> float:
     """Bits per character of an add-one smoothed unigram model of ``train_ids``, scored like :func:`score_text`.
 
+    ``train_ids`` is one array of token ids or a list of them (e.g. ``PackedBlocks.shards``).
+
     The baseline a language model must beat: it knows token frequencies and nothing about context. pad and bos
     are never predicted, so their training counts are dropped.
     """
     vocab = tokenizer.vocab_size
-    ids = np.asarray(train_ids.cpu() if isinstance(train_ids, torch.Tensor) else train_ids, dtype=np.int64).ravel()
-    counts = np.bincount(ids, minlength=vocab).astype(np.float64)[:vocab]
+    # Token shards are counted one at a time: a large corpus is never concatenated in memory.
+    pieces = (train_ids if isinstance(train_ids, list | tuple) and train_ids
+              and isinstance(train_ids[0], np.ndarray | torch.Tensor) else [train_ids])
+    counts = np.zeros(vocab, dtype=np.float64)
+    for piece in pieces:
+        ids = np.asarray(piece.cpu() if isinstance(piece, torch.Tensor) else piece, dtype=np.int64).ravel()
+        counts += np.bincount(ids, minlength=vocab)[:vocab]
     counts[[PAD_ID, BOS_ID]] = 0.0
     log_p = np.log(counts + 1.0) - np.log(counts.sum() + vocab)
 

@@ -162,6 +162,8 @@ class TrainResult:
     best_val_loss: float | None
     checkpoint_path: Path | None
     last_checkpoint_path: Path | None
+    parameters: int  # non-embedding, as NeuroQ.num_params() counts them
+    device: str  # where it trained and in which dtype, e.g. "cuda:0/bfloat16"
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
 
 
@@ -474,6 +476,8 @@ def _train(cfg: TrainConfig, train_blocks: Dataset, val_blocks: Dataset | None, 
         best_val_loss=best_val if math.isfinite(best_val) else None,
         checkpoint_path=final_path,
         last_checkpoint_path=last_path if ddp.is_main else None,
+        parameters=n_params,
+        device=f"{device}/{str(dtype).replace('torch.', '')}",
         history=history,
     )
 

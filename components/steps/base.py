@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,12 @@ import mlflow
 from components.params import PipelineParams
 from components.steps import tracking
 
-__all__ = ["RunRef", "log_config", "read_manifest", "start", "step_run", "text_digest"]
+__all__ = ["REUSED_TAG", "RunRef", "default_run_name", "log_config", "read_manifest", "reuse_or_run", "start",
+           "step_run", "text_digest"]
+
+REUSE_RESULT = "result.json"
+# On a step's run whose outputs came from `reuse_or_run`: the entry they came from.
+REUSED_TAG = "neuroq.reused"
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,14 @@ def start(params: PipelineParams, *, tracking_uri: str = "", run_name: str = "",
     if parent_run_id:
         tracking.adopt_pipeline_run(uri, parent_run_id, params.to_dict(), tags)
         return RunRef(uri, parent_run_id)
-    return RunRef(uri, tracking.start_pipeline_run(uri, params.experiment_name, run_name, params.to_dict(), tags))
+    name = run_name or default_run_name(params)
+    return RunRef(uri, tracking.start_pipeline_run(uri, params.experiment_name, name, params.to_dict(), tags))
+
+
+def default_run_name(params: PipelineParams) -> str:
+    """What a run trained, on what, and when: `layered-2x64-bundled-1206-0830`, so the runs table reads by itself."""
+    sources = "+".join(params.sources)
+    return f"{params.mode}-{params.n_layer}x{params.n_embd}-{sources}-{time.strftime('%m%d-%H%M')}"
 
 
 def step_run(run: RunRef, params: PipelineParams, name: str, *, weights: str = "",
@@ -99,3 +114,47 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     """A dataset folder's manifest; {} for a folder from elsewhere that has none."""
     path = Path(folder) / "manifest.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def reuse_or_run(reuse_dir: str, step: str, key: Mapping[str, Any], outputs: Mapping[str, Path],
+                 compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """`compute()` once per `key`: its `outputs` (files or folders) and result are kept under `reuse_dir` and
+    copied back when a later run asks with the same key. Returns the result and the reused entry's key ("" when
+    it was computed, or when `reuse_dir` is empty).
+
+    kfp.local's own cache cannot do this for steps that log to MLflow: their inputs include the pipeline's parent
+    run, which is new every run. The key is made of content digests, configs and the code version instead, so any
+    change of data, knobs or code computes again. An entry appears whole or not at all (written aside, renamed).
+    """
+    if not reuse_dir:
+        return compute(), ""
+    # The code that computes the step is part of what decides its result.
+    identity = {"step": step, "code_version": tracking.code_version(), **key}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    entry = Path(reuse_dir) / step / digest
+    if (entry / REUSE_RESULT).is_file():
+        for name, target in outputs.items():
+            _copy(entry / name, target)
+        return json.loads((entry / REUSE_RESULT).read_text(encoding="utf-8")), digest
+    result = compute()
+    staging = entry.with_name(f".{digest}.{os.getpid()}")
+    staging.mkdir(parents=True, exist_ok=True)
+    for name, source in outputs.items():
+        _copy(source, staging / name)
+    (staging / REUSE_RESULT).write_text(json.dumps(result), encoding="utf-8")
+    try:
+        staging.rename(entry)
+    except OSError:  # another run stored the same entry first: theirs is as good
+        shutil.rmtree(staging, ignore_errors=True)
+    return result, ""
+
+
+def _copy(source: Path, target: Path) -> None:
+    if target.exists():
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copy2(source, target)
+

@@ -17,7 +17,7 @@ import mlflow
 
 from components.params import PipelineParams
 from components.steps import tracking
-from components.steps.base import RunRef, log_config, read_manifest, step_run, text_digest
+from components.steps.base import REUSED_TAG, RunRef, log_config, read_manifest, reuse_or_run, step_run, text_digest
 
 __all__ = [
     "dedup_common_crawl_shards",
@@ -168,6 +168,8 @@ def lineage(manifest: Mapping[str, Any]) -> dict[str, Any]:
         summary["characters_out"] = manifest["characters_out"]
     if "stages" in manifest:
         summary["dropped"] = {stage: counts["dropped"] for stage, counts in manifest["stages"].items()}
+    if manifest.get("reused"):
+        summary["reused"] = True
     return summary
 
 
@@ -193,42 +195,49 @@ def merge_dedup_split(
     ]
     if not sources:
         raise DataError(f"no documents from any source ({params.data_sources}): check the ingest steps' manifests")
-    with step_run(run, params, "merge_dedup_split"), tempfile.TemporaryDirectory(
-        prefix=".merge-", dir=Path(train_dir).parent
-    ) as scratch:
-        merged_dir = Path(scratch) / "merged"
-        config = params.ingest_config(sources, str(merged_dir))
+    targets = {"train": Path(train_dir), "validation": Path(val_dir)}
+    config = params.ingest_config(sources, "merged")  # written to a scratch folder in compute()
+
+    def compute() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix=".merge-", dir=Path(train_dir).parent) as scratch:
+            merged_dir = Path(scratch) / "merged"
+            result = run_ingest(replace(config, output=replace(config.output, output_dir=str(merged_dir))))
+            splits = {split: _write_split(result.manifest, merged_dir, split, target)
+                      for split, target in targets.items()}
+        return {"merged": result.manifest, "splits": splits}
+
+    with step_run(run, params, "merge_dedup_split"):
         log_config("dedup", asdict(config.dedup))
         mlflow.log_params({"data_sources": params.data_sources, "val_fraction": params.val_fraction})
         for _, manifest in upstream:
             _log_source_lineage(manifest)
-        result = run_ingest(config)
-        mlflow.log_dict(result.manifest, "data/merged_manifest.json")
-        split_manifests = [
-            _write_split(result.manifest, merged_dir, split, Path(target))
-            for split, target in (("train", train_dir), ("validation", val_dir))
-        ]
-        for split_manifest, context in zip(split_manifests, ("training", "validation"), strict=True):
+        # The upstream manifests name their data by content; with the knobs of this step they decide its result.
+        key = {"upstream": [manifest.get("content_digest", "") for _, manifest in upstream],
+               "dedup": asdict(config.dedup), "val_fraction": params.val_fraction}
+        done, reused = reuse_or_run(params.reuse_dir, "merge_dedup_split", key, targets, compute)
+        if reused:
+            mlflow.set_tag(REUSED_TAG, reused)
+        merged, splits = done["merged"], done["splits"]
+        mlflow.log_dict(merged, "data/merged_manifest.json")
+        for (split, split_manifest), context in zip(splits.items(), ("training", "validation"), strict=True):
             if not split_manifest["documents_out"]:
                 raise DataError(
-                    f"the {split_manifest['split']} split is empty ({result.manifest['documents_out']} documents "
-                    f"in all, val_fraction={params.val_fraction}): add data or change val_fraction"
+                    f"the {split} split is empty ({merged['documents_out']} documents in all, "
+                    f"val_fraction={params.val_fraction}): add data or change val_fraction"
                 )
-            tracking.log_manifest_dataset(
-                split_manifest, str(Path(split_manifest["path"]).resolve()), name=f"neuroq-{context}", context=context
-            )
-        stages = result.manifest["stages"]
+            tracking.log_manifest_dataset(split_manifest, str(targets[split].resolve()), name=f"neuroq-{context}",
+                                          context=context)
         mlflow.log_metrics(
             {
-                "documents_in": result.manifest["documents_in"],
-                "documents_out": result.manifest["documents_out"],
-                "characters_out": result.manifest["characters_out"],
-                "train_documents": split_manifests[0]["documents_out"],
-                "validation_documents": split_manifests[1]["documents_out"],
-                **{f"dedup_dropped.{reason}": count for reason, count in stages["dedup"]["dropped"].items()},
+                "documents_in": merged["documents_in"],
+                "documents_out": merged["documents_out"],
+                "characters_out": merged["characters_out"],
+                "train_documents": splits["train"]["documents_out"],
+                "validation_documents": splits["validation"]["documents_out"],
+                **{f"dedup_dropped.{reason}": count for reason, count in merged["stages"]["dedup"]["dropped"].items()},
             }
         )
-        return split_manifests[0], split_manifests[1]
+        return {**splits["train"], "reused": bool(reused)}, {**splits["validation"], "reused": bool(reused)}
 
 
 def _log_source_lineage(manifest: Mapping[str, Any]) -> None:
@@ -271,7 +280,6 @@ def _write_split(manifest: Mapping[str, Any], merged_dir: Path, split: str, targ
     split_manifest = {
         "format": "neuroq-split",
         "split": split,
-        "path": str(target),
         "content_digest": text_digest(texts),
         "documents_out": len(texts),
         "characters_out": sum(map(len, texts)),

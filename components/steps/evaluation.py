@@ -12,6 +12,7 @@ import mlflow
 from components.params import PipelineParams
 from components.steps import tracking
 from components.steps.base import RunRef, step_run, text_digest
+from components.steps.summary import DESCRIPTION_TAG, SUMMARY_ARTIFACT, pipeline_summary
 
 __all__ = ["SAMPLES_ARTIFACT", "SMOKE_PROMPT", "evaluate", "register"]
 
@@ -113,11 +114,13 @@ def register(
         }
         mlflow.set_tags(outcome)
         if run.parent_run_id:
-            # The headline numbers on the parent too, so the experiment's run table compares pipeline runs.
-            for key, value in outcome.items():
-                client.set_tag(run.parent_run_id, key, value)
-            for key in ("val_bits_per_char", "val_loss", "val_perplexity"):
-                client.log_metric(run.parent_run_id, key, float(evaluation[key]))
+            tracking.log_on_parent(run.tracking_uri, run.parent_run_id,
+                                   {key: float(evaluation[key]) for key in ("val_bits_per_char", "val_loss",
+                                                                             "val_perplexity")}, outcome)
+            text = pipeline_summary(client, run.parent_run_id, params, decision=decision,
+                                    tracking_uri=run.tracking_uri)
+            client.log_text(run.parent_run_id, text, SUMMARY_ARTIFACT)
+            client.set_tag(run.parent_run_id, DESCRIPTION_TAG, text)
             tracking.finish_pipeline_run(run.tracking_uri, run.parent_run_id)
     return decision
 

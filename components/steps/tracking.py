@@ -12,8 +12,8 @@ only ever talk HTTP to the server.
 MLflow down: every request is retried under `RetryPolicy` (MLflow's own HTTP retry variables, with bounds that
 fail a dead server in seconds instead of MLflow's minutes per request), then the step fails with a
 `TrackingUnavailableError` naming the server, the artifact store and what the step keeps on disk. The one
-exception is the training loop's metrics (`training_metrics.TrainingMetricsLogger`): an outage there must not stop training, so
-they wait in memory and go out once MLflow answers again. See docs/faults.md.
+exception is the training loop's metrics (`training_metrics.TrainingMetricsLogger`): an outage there must not stop
+training, so they wait in memory and go out once MLflow answers again. See docs/faults.md.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import importlib.util
 import logging
 import os
 import subprocess
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,13 +34,15 @@ from typing import Any
 
 import mlflow
 import requests
-from mlflow.entities import Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from neuroq.errors import ConfigError, NeuroQError
 
 __all__ = [
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
     "RETRY_ENV",
     "STEP_TAG",
     "RetryPolicy",
@@ -47,6 +50,7 @@ __all__ = [
     "adopt_pipeline_run",
     "code_version",
     "finish_pipeline_run",
+    "log_on_parent",
     "log_manifest_dataset",
     "resolve_tracking_uri",
     "start_pipeline_run",
@@ -163,12 +167,25 @@ def _sqlite_artifact_root(uri: str) -> str | None:
     return str(Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts")
 
 
+# MLflow's UI opens an experiment in the view its kind names; without the tag it guesses, and an experiment of
+# registered pyfuncs with `predict` looks like GenAI development to it (traces and judges instead of runs).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def _experiment_id(client: MlflowClient, tracking_uri: str, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    root = _sqlite_artifact_root(tracking_uri)
-    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    if experiment is None:
+        root = _sqlite_artifact_root(tracking_uri)
+        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    _mark_model_training(client, experiment)
+    return experiment.experiment_id
+
+
+def _mark_model_training(client: MlflowClient, experiment: Any) -> None:
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
 def code_version() -> str:
@@ -208,6 +225,15 @@ def start_pipeline_run(
     return run.info.run_id
 
 
+def log_on_parent(tracking_uri: str, parent_run_id: str, metrics: Mapping[str, float],
+                  tags: Mapping[str, str] = ()) -> None:
+    """Headline figures of a step on the pipeline's parent run, where the runs table and its charts compare runs."""
+    client = _client(tracking_uri)
+    now = int(time.time() * 1000)
+    client.log_batch(parent_run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
+                     tags=[RunTag(key, value) for key, value in dict(tags).items()])
+
+
 def finish_pipeline_run(tracking_uri: str, parent_run_id: str) -> None:
     _client(tracking_uri).set_terminated(parent_run_id, RunStatus.to_string(RunStatus.FINISHED))
 
@@ -215,10 +241,12 @@ def finish_pipeline_run(tracking_uri: str, parent_run_id: str) -> None:
 def adopt_pipeline_run(tracking_uri: str, run_id: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
     """Use an existing run as the parent run, logging only the params it lacks (params are write-once)."""
     client = _client(tracking_uri)
-    logged = client.get_run(run_id).data.params
-    client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items() if key not in logged])
+    run = client.get_run(run_id)
+    client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()
+                                     if key not in run.data.params])
     for key, value in {PIPELINE_TAG: "neuroq", **tags}.items():
         client.set_tag(run_id, key, value)
+    _mark_model_training(client, client.get_experiment(run.info.experiment_id))
 
 
 @contextlib.contextmanager
@@ -332,8 +360,9 @@ def _system_metrics_available() -> bool:
     return importlib.util.find_spec("psutil") is not None
 
 
-def log_manifest_dataset(manifest: Mapping[str, Any], uri: str, *, name: str, context: str) -> None:
-    """Log a dataset described by an ingest/split manifest as an input of the active run.
+def log_manifest_dataset(manifest: Mapping[str, Any], uri: str, *, name: str, context: str,
+                         also_on: str = "") -> None:
+    """Log a dataset described by an ingest/split manifest as an input of the active run (and of run `also_on`).
 
     Only metadata goes to MLflow (source URI, content digest, counts): the data stays where the pipeline
     wrote it, and the digest identifies it across runs.
@@ -355,3 +384,10 @@ def log_manifest_dataset(manifest: Mapping[str, Any], uri: str, *, name: str, co
     digest = str(manifest.get("content_digest", ""))[:36] or None
     dataset = MetaDataset(source, name=name, digest=digest, schema=Schema([ColSpec(DataType.string, "text")]))
     mlflow.log_input(dataset, context=context)
+    if also_on:
+        # mlflow.log_input only logs to the active run; this is the same request for another run.
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        MlflowClient().log_inputs(also_on, datasets=[entity])

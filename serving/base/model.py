@@ -12,6 +12,7 @@ malformed bodies with 4xx (scoring_guard.py).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,11 @@ from serving.base.batcher import MicroBatcher
 from serving.base.integrity import verify_logged_model
 from serving.base.request import RequestError, plain, shorten_in_place
 from serving.base.settings import BatchConfig, Limits
+
+# MLflow suggests type hints on `predict` for every PythonModel subclass it sees defined; these models take the
+# raw OpenAI / Cohere bodies on purpose and are logged without a signature (log_model.py), so the advice only adds
+# noise to every process that imports them.
+warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
 
 # Set by mlflow's scoring server (mlflow.environment_variables._MLFLOW_IS_IN_SERVING_ENVIRONMENT).
 SERVING_ENV_FLAG = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"

@@ -85,8 +85,8 @@ def pipeline_runs(
     runs = {}
     for name, steps in (("good", GOOD_STEPS), ("worse", WORSE_STEPS)):
         params = PipelineParams(**TINY, max_steps=steps)
-        reason = run_local(params, pipeline_root=root, tracking_uri=tracking_server.url, run_name=f"test-{name}")
-        runs[name] = reason
+        runs[name] = run_local(params, pipeline_root=root, tracking_uri=tracking_server.url,
+                               run_name=f"test-{name}").reason
     client = MlflowClient(tracking_server.url)
     experiment = client.get_experiment_by_name(TINY["experiment_name"])
     parents = {

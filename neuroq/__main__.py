@@ -84,7 +84,8 @@ def _run_tokenizer(ns: argparse.Namespace) -> None:
     _print_json({"path": str(path), "vocab_size": tokenizer.vocab_size, "sha256": tokenizer.sha256})
 
 
-_PRESETS_HELP = "tiny, small, layered, brain, gpt"
+_PRESETS_HELP = ("tiny, small, layered, brain, gpt; or the GPU sizes base (~40M non-embedding) and large (~120M), "
+                 "context 1024, in the --mode given")
 # The bundled corpus (~45k characters) cannot fill TokenizerConfig's 8000 pieces; its characters alone need ~1300
 # at the default coverage, and 1500 kept validation bits/char as low as 2000 did with a smaller embedding table.
 _BUNDLED_VOCAB = 1500
@@ -107,21 +108,28 @@ def _add_train_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
     model = p.add_argument_group("model")
     model.add_argument("--preset", help=f"start from a NeuroQConfig preset ({_PRESETS_HELP}); flags below override")
     model_args = ConfigArgs(model, NeuroQConfig, skip=("vocab_size",), defaults=base.model)
-    train_args = ConfigArgs(p.add_argument_group("training"), TrainConfig, skip=("model",), defaults=base)
+    training = p.add_argument_group("training")
+    training.add_argument("--recipe", metavar="FILE", help=(
+        "start from a recipe's settings (JSON or YAML, e.g. a sweep's best: python -m mlflow_project.sweep run "
+        "--recipe-out FILE) on top of the model's size or --preset; the flags below override it"))
+    train_args = ConfigArgs(training, TrainConfig, skip=("model",), defaults=base)
     p.set_defaults(config_args=[model_args, train_args])
 
 
 def _build_train_config(ns: argparse.Namespace, base: Any, vocab_size: int) -> Any:
     from neuroq.model import NeuroQConfig
+    from neuroq.recipe import Recipe
 
     model_args, train_args = ns.config_args
+    recipe = Recipe.load(ns.recipe) if ns.recipe else Recipe("none")
+    base = recipe.apply(base)
     model_base = NeuroQConfig.preset(ns.preset) if ns.preset else base.model
-    model = model_args.build(ns, model_base, vocab_size=vocab_size)
+    model = model_args.build(ns, recipe.apply_model(model_base), vocab_size=vocab_size)
     overrides = train_args.overrides(ns)
     # Fields whose default None is derived (block_size from max_seq_len, min_lr from lr) are derived again from
     # the new values unless given: --max-seq-len 128 alone must not keep the base's block_size of 256.
     for f in dataclasses.fields(base):
-        if f.default is None and f.name not in overrides:
+        if f.default is None and f.name not in overrides and f.name not in recipe.train:
             overrides[f.name] = None
     return dataclasses.replace(base, model=model, **overrides)
 

@@ -1,0 +1,55 @@
+"""neuroq.sweep.prepare_data: documents split by a group field (Aozora's author), so validation authors are unseen."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from neuroq.sweep import SweepConfig, held_out_groups, prepare_data
+
+TEXT = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。"
+
+
+def _write(path: Path, records: list[dict]) -> Path:
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+def test_authors_are_held_out_whole_until_they_hold_the_validation_share_of_the_characters() -> None:
+    # Authors of very different sizes, as in Aozora: counting authors instead of characters would miss the share.
+    records = [(f"author-{a}", TEXT * (1 + 10 * (a % 2))) for a in range(20) for _ in range(3)]
+    cfg = SweepConfig(val_fraction=0.2)
+    held = held_out_groups(records, cfg)
+    val_chars = sum(len(text) for group, text in records if group in held)
+    total = sum(len(text) for _, text in records)
+    largest_author = 3 * len(TEXT) * 11
+    assert 0.2 * total <= val_chars < 0.2 * total + largest_author
+    assert held == held_out_groups(list(reversed(records)), cfg)  # by name, not by position
+    assert held != held_out_groups(records, SweepConfig(val_fraction=0.2, seed=1))
+
+
+def test_the_prepared_data_is_reused_by_a_second_sweep_on_the_same_corpus(tmp_path: Path) -> None:
+    records = [{"author": f"a{a}", "text": f"{a}-{i} " + TEXT * 3} for a in range(8) for i in range(4)]
+    corpus = _write(tmp_path / "c.jsonl.gz", records)
+    cfg = SweepConfig(corpus=str(corpus), out_dir=str(tmp_path / "sweep"), vocab_size=300, context=16, val_chars=0,
+                      val_fraction=0.25)
+    first = prepare_data(cfg)
+    second = prepare_data(cfg)
+    assert second.val_blocks.shard_dir == first.val_blocks.shard_dir
+    assert first.train_groups + first.val_groups == 8 and first.val_groups == 2
+    assert first.val_blocks.n_chars == sum(len(r["text"]) for r in records if r["author"] in
+                                           held_out_groups([(r["author"], r["text"]) for r in records], cfg))
+
+
+@pytest.mark.needs_shared_data
+def test_aozoras_validation_authors_write_none_of_the_training_text(aozora_path: Path) -> None:
+    records = [(r["author"], r["text"]) for r in map(json.loads, gzip.open(aozora_path, "rt", encoding="utf-8"))]
+    held = held_out_groups(records, SweepConfig())
+    assert 1 <= len(held) < len({author for author, _ in records})
+    val_chars = sum(len(text) for author, text in records if author in held)
+    assert val_chars >= 0.1 * sum(len(text) for _, text in records)

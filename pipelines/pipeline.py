@@ -147,6 +147,7 @@ def build_pipeline(checkpoint_pvc: str = "", parallelism: int = DEFAULT_PARALLEL
         val_fraction: float = _D.val_fraction,
         vocab_size: int = _D.vocab_size,
         mode: str = _D.mode,
+        preset: str = _D.preset,
         n_embd: int = _D.n_embd,
         n_ff: int = _D.n_ff,
         n_head: int = _D.n_head,

@@ -378,8 +378,10 @@ def create_study(cfg: SweepConfig) -> optuna.Study:
     storage = f"sqlite:///{(Path(cfg.out_dir) / 'study.db').resolve()}"
     study = optuna.create_study(
         study_name=cfg.study_name, storage=storage, load_if_exists=True, direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_trials),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_after, n_warmup_steps=0))
+    # Seeded by the trials already there: a continued study seeded like its first call would draw the first call's
+    # random settings again (measured: chunk 2 of a sweep repeated chunk 1's trials value for value).
+    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.trials), n_startup_trials=cfg.startup_trials)
     if cfg.baseline and not study.trials:
         study.enqueue_trial(baseline_settings(cfg), user_attrs={"label": "defaults"})
     return study

@@ -1,4 +1,5 @@
-"""neuroq.sweep.prepare_data: documents split by a group field (Aozora's author), so validation authors are unseen."""
+"""neuroq.sweep without training: the data split by a group field (Aozora's author, so validation authors are
+unseen), and the study a sweep continues."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from neuroq.sweep import SweepConfig, held_out_groups, prepare_data
+from neuroq.sweep import SweepConfig, create_study, held_out_groups, prepare_data, suggest
 
 TEXT = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。"
 
@@ -53,3 +54,13 @@ def test_aozoras_validation_authors_write_none_of_the_training_text(aozora_path:
     assert 1 <= len(held) < len({author for author, _ in records})
     val_chars = sum(len(text) for author, text in records if author in held)
     assert val_chars >= 0.1 * sum(len(text) for _, text in records)
+
+
+def test_a_continued_study_draws_new_settings(tmp_path: Path) -> None:
+    cfg = SweepConfig(out_dir=str(tmp_path), baseline=False)
+    first = create_study(cfg)
+    trial = first.ask()
+    drawn = suggest(trial)
+    first.tell(trial, 5.0)
+    again = create_study(cfg).ask()
+    assert suggest(again) != drawn

@@ -1,12 +1,18 @@
 """Training throughput, MFU and learning efficiency of NeuroQ layered / brain against a plain GPT.
 
-Two markdown tables:
+Markdown tables:
 
 1. Training tokens/s (forward + backward + AdamW step, the same autocast, clipping and optimizer as
-   ``neuroq.train``) on random tokens, warm-up steps excluded; on CUDA also MFU at bf16 against ``--peak-flops``
-   (H100 SXM dense bf16: 989 TFLOP/s) using ``NeuroQ.estimate_mfu``.
+   ``neuroq.train``) on random tokens, warm-up steps excluded, and the achieved FLOP/s (``NeuroQ.flops_per_token``
+   x tokens/s) beside gpt's: the QBNN terms cost no more than their arithmetic when that ratio is ~1. On CUDA also
+   MFU at bf16 against ``--peak-flops`` (H100 SXM dense bf16: 989 TFLOP/s) using ``NeuroQ.estimate_mfu``.
+   ``--profile`` adds, per mode, the top kernels by self time (torch.profiler) over a few more steps.
 2. Validation bits per character of the three models after the same token budget on the Aozora corpus, trained
    with ``neuroq.train.train`` itself (skipped with a message when the corpus is absent).
+
+``--presets base large`` measures those ``NeuroQConfig`` presets (context 1024) instead of the flags' size, one
+table each, and ``--sizes`` prints what each preset costs: parameters, FLOPs per token, training activation and
+KV-cache memory per sequence (measured, bf16), weights + AdamW state.
 
 "Same size": all three share the skeleton of the spec's layered default (``--n-embd 256 --n-ff 512 --n-head 8
 --n-layer 6``, context 256, vocabulary 8000), so they differ only by their QBNN terms: ``gpt`` is exactly the
@@ -16,6 +22,16 @@ those terms cost; the brain spec's own (smaller) default is a preset, not used h
 
     python -m bench.bench_train --device cpu --steps 10 --budget-tokens 200000 --corpus-chars 2000000
     python -m bench.bench_train --device cuda --steps 50 --budget-tokens 20000000 --compile
+
+The presets on the 2-core CPU (fp32, one 1024-token sequence per step) and the sizes table:
+
+    python -m bench.bench_train --device cpu --presets base --batch-size 1 --steps 2 --warmup 1 --profile --skip-bpc
+    python -m bench.bench_train --sizes
+
+The GPU run the issue asks for (H100, bf16, compiled; base and large, the three modes, profiles), one command,
+about 5 minutes on one H100 (most of it compilation):
+
+    python -m bench.bench_train --device cuda --presets base large --compile --steps 20 --profile --skip-bpc
 """
 
 from __future__ import annotations
@@ -29,10 +45,12 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from neuroq.checkpoint import load_checkpoint
 from neuroq.data import split_documents
@@ -50,7 +68,10 @@ DEFAULT_AOZORA = Path(os.environ.get("NEUROQ_DATA_DIR", Path(__file__).resolve()
     "aozora" / "aozora_pd.jsonl.gz"
 
 
-def model_config(args: argparse.Namespace, mode: str, vocab_size: int) -> NeuroQConfig:
+def model_config(args: argparse.Namespace, mode: str, vocab_size: int, preset: str | None = None) -> NeuroQConfig:
+    """The flags' size, or a preset's (its own context) when ``preset`` is given."""
+    if preset:
+        return NeuroQConfig.preset(preset, mode=mode, vocab_size=vocab_size, dropout=0.0)
     return NeuroQConfig(mode=mode, vocab_size=vocab_size, n_embd=args.n_embd, n_ff=args.n_ff, n_head=args.n_head,
                         n_layer=args.n_layer, max_seq_len=args.block_size, dropout=0.0)
 
@@ -65,15 +86,19 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def throughput(args: argparse.Namespace, mode: str) -> dict[str, float]:
-    """Training tokens/s of one mode on random tokens, after ``args.warmup`` untimed steps (compile, caches)."""
+def throughput(args: argparse.Namespace, config: NeuroQConfig) -> dict[str, Any]:
+    """Training tokens/s of one model on random tokens of its full context, after ``args.warmup`` untimed steps
+    (compile, caches); with ``args.profile``, the top kernels of ``args.profile_steps`` more steps."""
     torch.manual_seed(0)
-    model = NeuroQ(model_config(args, mode, args.vocab_size)).to(args.device)
+    model = NeuroQ(config).to(args.device)
     optimizer = model.configure_optimizer(0.1, 1e-4, (0.9, 0.95), args.device)
     step_model = torch.compile(model) if args.compile else model
+    block = config.max_seq_len
+    n_steps = args.warmup + args.steps + (args.profile_steps if args.profile else 0)
     gen = torch.Generator().manual_seed(0)
-    data = torch.randint(6, args.vocab_size, (args.warmup + args.steps, args.batch_size, args.block_size + 1),
-                         generator=gen)
+    data = torch.randint(6, config.vocab_size, (n_steps, args.batch_size, block + 1), generator=gen)
+    if args.device == "cuda":
+        data = data.pin_memory()  # as neuroq.train's loader: the copy overlaps the previous step
 
     def step(i: int) -> None:
         batch = data[i].to(args.device, non_blocking=True)
@@ -92,37 +117,123 @@ def throughput(args: argparse.Namespace, mode: str) -> dict[str, float]:
         step(i)
     sync(args.device)
     elapsed = time.perf_counter() - start
-    tps = args.steps * args.batch_size * args.block_size / elapsed
-    row = {
+    tps = args.steps * args.batch_size * block / elapsed
+    row: dict[str, Any] = {
         "params": float(model.num_params(non_embedding=False)),
         "non_embedding": float(model.num_params()),
         "flops_per_token": model.flops_per_token(),
         "tokens_per_s": tps,
+        "flops_per_s": model.flops_per_token() * tps,
         "step_ms": 1000 * elapsed / args.steps,
     }
     if args.device == "cuda" or args.peak_flops:
         row["mfu"] = model.estimate_mfu(tps, args.peak_flops or H100_BF16_DENSE)
+    if args.profile:
+        row["profile"] = profile_steps(args, lambda i: step(args.warmup + args.steps + i))
     return row
 
 
-def throughput_table(args: argparse.Namespace) -> str:
+def profile_steps(args: argparse.Namespace, step: Callable[[int], None]) -> list[tuple[str, float, int]]:
+    """``(op, share of the steps' self time, calls)`` of the ``args.profile_top`` ops with the most self time
+    (device time on CUDA: the kernels; CPU time otherwise) over ``args.profile_steps`` steps."""
+    cuda = args.device == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for i in range(args.profile_steps):
+            step(i)
+        sync(args.device)
+    events = prof.key_averages()
+
+    def self_time(e: Any) -> float:
+        return e.self_device_time_total if cuda else e.self_cpu_time_total
+
+    total = sum(self_time(e) for e in events) or 1.0
+    top = sorted(events, key=self_time, reverse=True)[: args.profile_top]
+    return [(e.key, self_time(e) / total, e.count // args.profile_steps) for e in top]
+
+
+def throughput_table(args: argparse.Namespace, preset: str | None = None) -> str:
+    configs = {mode: model_config(args, mode, args.vocab_size, preset) for mode in args.modes}
+    first = next(iter(configs.values()))
+    size = (f"preset {preset} (E{first.n_embd}, F{first.n_ff}, {first.n_head} heads, {first.n_layer} layers)"
+            if preset else f"E{first.n_embd}, F{first.n_ff}, {first.n_head} heads, {first.n_layer} layers")
     lines = [
-        f"Training throughput: {args.device}, {'bf16 autocast' if args.device == 'cuda' else 'fp32'}, "
-        f"batch {args.batch_size} x {args.block_size} tokens, {args.steps} timed steps after {args.warmup} warm-up"
+        f"Training throughput: {size}, {args.device}, {'bf16 autocast' if args.device == 'cuda' else 'fp32'}, "
+        f"batch {args.batch_size} x {first.max_seq_len} tokens, {args.steps} timed steps after {args.warmup} warm-up"
         f"{', torch.compile' if args.compile else ''}"
         + (f", {torch.get_num_threads()} CPU threads" if args.device == "cpu" else f", {torch.cuda.get_device_name()}"),
         "",
-        "| mode | params (M) | non-emb. params (M) | GFLOP/token | tokens/s | ms/step | vs gpt | MFU |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| mode | params (M) | non-emb. params (M) | GFLOP/token | tokens/s | ms/step | achieved TFLOP/s "
+        "| tokens/s vs gpt | FLOP/s vs gpt | MFU |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    rows = {mode: throughput(args, mode) for mode in args.modes}
-    base = rows.get("gpt", {}).get("tokens_per_s")
+    rows = {}
+    for mode, config in configs.items():
+        rows[mode] = throughput(args, config)
+        logger.info("%s %s: %.0f tokens/s", preset or "flags", mode, rows[mode]["tokens_per_s"])
+    gpt = rows.get("gpt")
     for mode, r in rows.items():
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "n/a"
-        rel = f"{r['tokens_per_s'] / base:.2f}x" if base else "n/a"
+        rel = f"{r['tokens_per_s'] / gpt['tokens_per_s']:.2f}x" if gpt else "n/a"
+        rel_flops = f"{r['flops_per_s'] / gpt['flops_per_s']:.2f}x" if gpt else "n/a"
         lines.append(f"| {mode} | {r['params'] / 1e6:.2f} | {r['non_embedding'] / 1e6:.2f} | "
-                     f"{r['flops_per_token'] / 1e9:.3f} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | {rel} | {mfu} |")
+                     f"{r['flops_per_token'] / 1e9:.3f} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | "
+                     f"{r['flops_per_s'] / 1e12:.3f} | {rel} | {rel_flops} | {mfu} |")
+    for mode, r in rows.items():
+        if "profile" in r:
+            lines += ["", f"Top ops of {mode} by self {'device' if args.device == 'cuda' else 'CPU'} time over "
+                      f"{args.profile_steps} steps:", "", "| op | share | calls/step |", "| --- | ---: | ---: |"]
+            lines += [f"| `{name}` | {100 * share:.1f}% | {calls} |" for name, share, calls in r["profile"]]
     return "\n".join(lines)
+
+
+def sizes_table(args: argparse.Namespace) -> str:
+    """What each preset costs per mode: parameters, FLOPs/token, and memory per sequence at its full context."""
+    lines = [
+        f"Preset sizes at vocabulary {args.vocab_size}: training activations per sequence measured (bytes autograd "
+        "saves for the backward of one full-context sequence, bf16 autocast, flash-style attention); KV cache per "
+        "sequence in bf16; weights + gradients + AdamW moments in fp32 (16 bytes per parameter).",
+        "",
+        "| preset | mode | context | params (M) | non-emb. params (M) | GFLOP/token (train) | activations MiB/seq "
+        "| KV cache MiB/seq | weights + AdamW GiB |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for preset in args.presets or ["base", "large"]:
+        for mode in args.modes:
+            config = model_config(args, mode, args.vocab_size, preset)
+            torch.manual_seed(0)
+            model = NeuroQ(config)
+            idx = torch.randint(6, config.vocab_size, (1, config.max_seq_len))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                activations = saved_bytes(lambda: model(idx[:, :-1], idx[:, 1:]).loss)
+                past = model(idx[:, :1], use_cache=True).past_key_values
+            assert past is not None
+            kv = sum(k.element_size() * k[0].numel() + v.element_size() * v[0].numel() for k, v in past)
+            kv *= config.max_seq_len  # the cache of one token, times the context
+            lines.append(f"| {preset} | {mode} | {config.max_seq_len} "
+                         f"| {model.num_params(non_embedding=False) / 1e6:.1f} | {model.num_params() / 1e6:.1f} "
+                         f"| {model.flops_per_token() / 1e9:.3f} "
+                         f"| {activations / 2**20:,.0f} | {kv / 2**20:.1f} "
+                         f"| {16 * model.num_params(non_embedding=False) / 2**30:.2f} |")
+    return "\n".join(lines)
+
+
+def saved_bytes(forward: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the distinct tensors autograd saves for the backward of ``forward()`` (parameters excluded)."""
+    storages: dict[int, int] = {}
+    parameter_storages: set[int] = set()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if not isinstance(t, torch.nn.Parameter):
+            storages[storage.data_ptr()] = storage.nbytes()
+        else:
+            parameter_storages.add(storage.data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(n for ptr, n in storages.items() if ptr not in parameter_storages)
 
 
 # ------------------------------------------------------------------------------------------ learning efficiency
@@ -196,7 +307,14 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--steps", type=int, default=20, help="timed steps per mode (throughput table)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing (compilation, allocator)")
-    p.add_argument("--batch-size", type=int, help="throughput batch (default: 64 on CUDA, 8 on CPU)")
+    p.add_argument("--batch-size", type=int, help="throughput batch (default: 64 on CUDA, 8 on CPU; with --presets "
+                                                  "16 on CUDA, 1 on CPU: 16k tokens of context 1024 per step)")
+    p.add_argument("--presets", nargs="+", metavar="PRESET",
+                   help="measure these NeuroQConfig presets (e.g. base large) instead of the size flags below")
+    p.add_argument("--sizes", action="store_true", help="print the presets' sizes and memory per sequence, then exit")
+    p.add_argument("--profile", action="store_true", help="add each mode's top ops by self time (torch.profiler)")
+    p.add_argument("--profile-steps", type=int, default=2, help="steps profiled after the timed ones (default 2)")
+    p.add_argument("--profile-top", type=int, default=8, help="ops listed per mode (default 8)")
     p.add_argument("--block-size", type=int, default=256, help="tokens per sequence = context (default 256)")
     p.add_argument("--n-embd", type=int, default=256)
     p.add_argument("--n-ff", type=int, default=512)
@@ -222,7 +340,7 @@ def main() -> None:
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
-    args.batch_size = args.batch_size or (64 if cuda else 8)
+    args.batch_size = args.batch_size or ((16 if cuda else 1) if args.presets else (64 if cuda else 8))
     args.train_batch_size = args.train_batch_size or (64 if cuda else 8)
     args.budget_tokens = args.budget_tokens or (20_000_000 if cuda else 200_000)
     args.corpus_chars = args.corpus_chars if args.corpus_chars is not None else (0 if cuda else 2_000_000)
@@ -235,8 +353,12 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    print(throughput_table(args), flush=True)
-    print()
+    if args.sizes:
+        print(sizes_table(args), flush=True)
+        return
+    for preset in args.presets or [None]:
+        print(throughput_table(args, preset), flush=True)
+        print()
     if args.skip_bpc:
         return
     if not args.aozora.is_file():

@@ -116,7 +116,9 @@ class BrainNeuronLayer(nn.Module):
             u = torch.tanh(s)
             pre = s @ W + self.gain * u * (u @ J)
             if self.training:
-                pre = pre + 0.1 * torch.sin(2 * self.theta).abs() * torch.randn_like(pre)
+                # In pre's dtype: the fp32 theta would otherwise promote a bf16 step (and what follows) to fp32.
+                temperature = (0.1 * torch.sin(2 * self.theta).abs()).to(pre.dtype)
+                pre = pre + temperature * torch.randn_like(pre)
             s = torch.tanh(pre)
         return self.out(s)
 
@@ -161,8 +163,10 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         if self.refine is not None:
-            q = q + BRAIN_REFINE_SCALE * self.refine(q)
-            k = k + BRAIN_REFINE_SCALE * self.refine(k)
+            # f_a acts on each token alone: one call on q and k stacked is the two calls' maths in half the
+            # launches, with GEMMs twice as tall.
+            refined = BRAIN_REFINE_SCALE * self.refine(torch.cat([q, k]))
+            q, k = q + refined[:B], k + refined[B:]
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
         k_feat = torch.cat([k, torch.tanh(k)], dim=-1) if self.entangled else k
         if isinstance(past, _StaticLayer):
@@ -178,13 +182,21 @@ class CausalSelfAttention(nn.Module):
 
     def _fused(self, q: Tensor, k_feat: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         scale = None
+        width = v.size(-1)
         if self.entangled:
             q = torch.cat([q * self.head_dim**-0.5, self.lambda_attn * (torch.tanh(q) @ self.J)], dim=-1)
             scale = 1.0
-        return F.scaled_dot_product_attention(
+            if mask is None:
+                # The flash kernels (CUDA and CPU) need values as wide as keys; with d-wide values SDPA falls back
+                # to a slower kernel (CPU: the math one, which materialises S). Zero columns in v add zero columns
+                # to the output, dropped below. Only on the plain causal path (training, unpadded prefill): with a
+                # mask the values are the KV cache, which padding would copy at every decode step.
+                v = F.pad(v, (0, k_feat.size(-1) - width))
+        y = F.scaled_dot_product_attention(
             q, k_feat, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
             is_causal=mask is None, scale=scale,
         )
+        return y[..., :width]
 
     def _explicit(self, q: Tensor, k_feat: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         k = k_feat[..., : self.head_dim]
@@ -289,6 +301,15 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "brain": dict(mode="brain", n_embd=128, n_ff=512, n_head=4, n_layer=3, max_seq_len=256, brain_neurons=96,
                   brain_steps=2),
     "gpt": dict(mode="gpt", n_embd=256, n_ff=512, n_head=8, n_layer=6, max_seq_len=256),
+    # Sizes a GPU user trains, for any mode (``preset("base", mode="brain")``; default layered), context 1024. The
+    # skeleton is the same in every mode, so the modes differ only by their QBNN terms; the FFN is 4E wide, head
+    # dim 64 (layered's folded keys are then 128 wide, the flash kernels' best size) and every width is a multiple
+    # of 128. brain_neurons = E/2 makes brain's QBNN branch (2N neurons) E wide. At vocabulary 8000, non-embedding
+    # parameters / training GFLOP per token (memory per sequence: bench/RESULTS.md, `bench_train --sizes`):
+    #   base   gpt 41.9M / 0.33, layered 92.7M / 0.67, brain 59.3M / 0.52
+    #   large  gpt 121.6M / 0.84, layered 273.3M / 1.81, brain 173.5M / 1.41
+    "base": dict(n_embd=512, n_ff=2048, n_head=8, n_layer=12, max_seq_len=1024, brain_neurons=256),
+    "large": dict(n_embd=1024, n_ff=4096, n_head=16, n_layer=9, max_seq_len=1024, brain_neurons=512),
 }
 
 
@@ -324,7 +345,8 @@ class NeuroQConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> NeuroQConfig:
-        """A named configuration (``tiny``, ``small``, ``layered``, ``brain``, ``gpt``) with fields overridden."""
+        """A named configuration (``tiny``, ``small``, ``layered``, ``brain``, ``gpt``, ``base``, ``large``) with fields
+        overridden."""
         require(name in _PRESETS, "preset", f"one of {sorted(_PRESETS)}", name)
         return cls(**{**_PRESETS[name], **overrides})
 
@@ -475,7 +497,8 @@ class NeuroQ(nn.Module):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type == "cuda")
+        # The fused kernel (one launch for all parameters) exists for CUDA and, since torch 2.4, for CPU.
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type in ("cuda", "cpu"))
 
 
 def _attention_mask(attention_mask: Tensor | None, T: int, t_past: int, device: torch.device) -> Tensor | None:

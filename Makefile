@@ -1,4 +1,5 @@
-# Two entry points (see README): `make run` and `make test`. Both create .venv on first use.
+# Two entry points (see README): `make run` (ARGS="--max_steps 50 -v" passes flags on) and `make test`. Both create
+# .venv on first use.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pipelines.run local
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pipelines.run local $(ARGS)
 
 test: $(STAMP)
 	# The architecture first (pyproject.toml [tool.importlinter]): an upward import or a file circle fails here.

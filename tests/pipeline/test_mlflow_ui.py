@@ -28,12 +28,12 @@ def _chromium() -> str:
     pytest.skip("headless Chromium is not installed: apt-get install -y chromium")
 
 
-def _browse(chromium: str, profile: Path, url: str, *mode: str) -> subprocess.CompletedProcess:
+def _browse(chromium: str, profile: Path, url: str, *mode: str, wait_ms: int = 15000) -> subprocess.CompletedProcess:
     # Without the background-networking flags Chromium keeps trying to reach Google, which this sandbox refuses.
     flags = [
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--window-size=1400,1000", "--virtual-time-budget=15000",
+        f"--user-data-dir={profile}", "--window-size=1400,1000", f"--virtual-time-budget={wait_ms}",
     ]
     return subprocess.run([chromium, *flags, *mode, url], capture_output=True, text=True, timeout=180)
 
@@ -62,7 +62,8 @@ def test_the_experiment_page_opens_on_training_runs_with_each_runs_name_and_head
     assert client.get_experiment(pipeline_runs.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
     url = f"{pipeline_runs.server.url}/{experiment_page(pipeline_runs.experiment_id)}"
 
-    dom = _browse(chromium, tmp_path / "profile", url, "--dump-dom").stdout
+    # The charts draw after the runs and their metrics have loaded: on a busy machine that takes longer.
+    dom = _browse(chromium, tmp_path / "profile", url, "--dump-dom", wait_ms=40000).stdout
     assert "Model metrics" in dom and "Token Usage" not in dom  # the training layout, not GenAI's traces
     for run_id in (pipeline_runs.good.run_id, pipeline_runs.worse.run_id):
         assert client.get_run(run_id).info.run_name in dom
@@ -70,7 +71,7 @@ def test_the_experiment_page_opens_on_training_runs_with_each_runs_name_and_head
         assert metric in dom, f"no chart of {metric}"
 
     screenshot = tmp_path / "mlflow-experiment.png"
-    result = _browse(chromium, tmp_path / "profile", url, f"--screenshot={screenshot}")
+    result = _browse(chromium, tmp_path / "profile", url, f"--screenshot={screenshot}", wait_ms=40000)
     assert screenshot.is_file() and screenshot.stat().st_size > 20_000, result.stderr[-2000:]
     if os.environ.get("NEUROQ_UPDATE_DOCS") == "1":
         shutil.copyfile(screenshot, DOCS / "mlflow-experiment.png")

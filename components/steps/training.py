@@ -40,9 +40,9 @@ def train_tokenizer(params: PipelineParams, run: RunRef, train_dir: str, out_pat
     config = params.tokenizer_config()
 
     def compute() -> dict[str, Any]:
-        tokenizer = NeuroQTokenizer.train(read_texts(train_dir), config)
-        tokenizer.save(Path(out_path))
         texts = list(read_texts(train_dir))
+        tokenizer = NeuroQTokenizer.train(texts, config)
+        tokenizer.save(Path(out_path))
         n_tokens = sum(len(ids) for ids in tokenizer.encode_batch(texts))
         chars_per_token = sum(map(len, texts)) / max(1, n_tokens)
         return {"vocab_size": tokenizer.vocab_size, "sha256": tokenizer.sha256, "chars_per_token": chars_per_token}
@@ -87,7 +87,8 @@ def train_neuroq(
     with step_run(run, params, "train_neuroq", weights=out_dir, rerun=rerun) as active:
         tokenizer = NeuroQTokenizer.load(tokenizer_path)
         write_token_shards(read_texts(train_dir), tokenizer, scratch / "tokens" / "train")
-        write_token_shards(read_texts(val_dir), tokenizer, scratch / "tokens" / "validation")
+        val_texts = list(read_texts(val_dir))  # also scored by the unigram baseline below
+        write_token_shards(val_texts, tokenizer, scratch / "tokens" / "validation")
         train_blocks = PackedBlocks(scratch / "tokens" / "train", params.seq_length)
         val_blocks = PackedBlocks(scratch / "tokens" / "validation", params.seq_length)
         config = params.train_config(
@@ -101,7 +102,7 @@ def train_neuroq(
                            "train_processes": params.processes, "resumed_from_step": resume_step(config)})
 
         # The baseline a model must beat on this validation text: token frequencies of the training split.
-        unigram = unigram_bits_per_char(train_blocks.shards, list(read_texts(val_dir)), tokenizer)
+        unigram = unigram_bits_per_char(train_blocks.shards, val_texts, tokenizer)
         metrics_logger = training_metrics.TrainingMetricsLogger(run.tracking_uri, active.info.run_id)
         if params.processes > 1:
             from components.steps import torchrun

@@ -25,7 +25,7 @@ those terms cost; the brain spec's own (smaller) default is a preset, not used h
 
 The presets on the 2-core CPU (fp32, one 1024-token sequence per step) and the sizes table:
 
-    python -m bench.bench_train --device cpu --presets base --batch-size 1 --steps 2 --warmup 1 --profile --skip-bpc
+    python -m bench.bench_train --device cpu --presets base --batch-size 1 --steps 10 --warmup 2 --profile --skip-bpc
     python -m bench.bench_train --sizes
 
 The GPU run the issue asks for (H100, bf16, compiled; base and large, the three modes, profiles), one command,
@@ -86,61 +86,88 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def throughput(args: argparse.Namespace, config: NeuroQConfig) -> dict[str, Any]:
-    """Training tokens/s of one model on random tokens of its full context, after ``args.warmup`` untimed steps
-    (compile, caches); with ``args.profile``, the top kernels of ``args.profile_steps`` more steps."""
-    torch.manual_seed(0)
-    model = NeuroQ(config).to(args.device)
-    optimizer = model.configure_optimizer(0.1, 1e-4, (0.9, 0.95), args.device)
-    step_model = torch.compile(model) if args.compile else model
-    block = config.max_seq_len
-    n_steps = args.warmup + args.steps + (args.profile_steps if args.profile else 0)
-    gen = torch.Generator().manual_seed(0)
-    data = torch.randint(6, config.vocab_size, (n_steps, args.batch_size, block + 1), generator=gen)
-    if args.device == "cuda":
-        data = data.pin_memory()  # as neuroq.train's loader: the copy overlaps the previous step
+class Trainer:
+    """One model's training step on random tokens of its full context (the same autocast, clipping and optimizer
+    as ``neuroq.train``); the data for every step it will take is drawn up front."""
 
-    def step(i: int) -> None:
-        batch = data[i].to(args.device, non_blocking=True)
-        with autocast(args.device):
-            loss = step_model(batch[:, :-1], batch[:, 1:]).loss
+    def __init__(self, args: argparse.Namespace, config: NeuroQConfig):
+        torch.manual_seed(0)
+        self.args = args
+        self.model = NeuroQ(config).to(args.device)
+        self.optimizer = self.model.configure_optimizer(0.1, 1e-4, (0.9, 0.95), args.device)
+        self.step_model = torch.compile(self.model) if args.compile else self.model
+        self.tokens_per_step = args.batch_size * config.max_seq_len
+        n_steps = args.warmup + args.steps + (args.profile_steps if args.profile else 0)
+        gen = torch.Generator().manual_seed(0)
+        self.data = torch.randint(6, config.vocab_size, (n_steps, args.batch_size, config.max_seq_len + 1),
+                                  generator=gen)
+        if args.device == "cuda":
+            self.data = self.data.pin_memory()  # as neuroq.train's loader: the copy overlaps the previous step
+        self.taken = 0
+
+    def step(self) -> None:
+        batch = self.data[self.taken].to(self.args.device, non_blocking=True)
+        self.taken += 1
+        with autocast(self.args.device):
+            loss = self.step_model(batch[:, :-1], batch[:, 1:]).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
-    for i in range(args.warmup):
-        step(i)
-    sync(args.device)
-    start = time.perf_counter()
-    for i in range(args.warmup, args.warmup + args.steps):
-        step(i)
-    sync(args.device)
-    elapsed = time.perf_counter() - start
-    tps = args.steps * args.batch_size * block / elapsed
-    row: dict[str, Any] = {
-        "params": float(model.num_params(non_embedding=False)),
-        "non_embedding": float(model.num_params()),
-        "flops_per_token": model.flops_per_token(),
-        "tokens_per_s": tps,
-        "flops_per_s": model.flops_per_token() * tps,
-        "step_ms": 1000 * elapsed / args.steps,
-    }
-    if args.device == "cuda" or args.peak_flops:
-        row["mfu"] = model.estimate_mfu(tps, args.peak_flops or H100_BF16_DENSE)
-    if args.profile:
-        row["profile"] = profile_steps(args, lambda i: step(args.warmup + args.steps + i))
-    return row
+    def timed_step(self) -> float:
+        sync(self.args.device)
+        start = time.perf_counter()
+        self.step()
+        sync(self.args.device)
+        return time.perf_counter() - start
 
 
-def profile_steps(args: argparse.Namespace, step: Callable[[int], None]) -> list[tuple[str, float, int]]:
+def throughput(args: argparse.Namespace, configs: dict[str, NeuroQConfig]) -> dict[str, dict[str, Any]]:
+    """Training tokens/s of each mode after ``args.warmup`` untimed steps (compile, caches); with
+    ``args.profile``, the top kernels of ``args.profile_steps`` more steps.
+
+    The timed steps are interleaved (gpt, layered, brain, gpt, ...), so a load that comes and goes on a shared
+    machine slows every mode alike and the ratios to gpt hold; timed one mode after another, a 2-core machine's
+    neighbours moved gpt alone by 12% between two runs.
+    """
+    trainers = {mode: Trainer(args, config) for mode, config in configs.items()}
+    for trainer in trainers.values():
+        for _ in range(args.warmup):
+            trainer.step()
+    elapsed = dict.fromkeys(trainers, 0.0)
+    for _ in range(args.steps):
+        for mode, trainer in trainers.items():
+            elapsed[mode] += trainer.timed_step()
+    rows: dict[str, dict[str, Any]] = {}
+    for mode, trainer in trainers.items():
+        model = trainer.model
+        tps = args.steps * trainer.tokens_per_step / elapsed[mode]
+        row: dict[str, Any] = {
+            "params": float(model.num_params(non_embedding=False)),
+            "non_embedding": float(model.num_params()),
+            "flops_per_token": model.flops_per_token(),
+            "tokens_per_s": tps,
+            "flops_per_s": model.flops_per_token() * tps,
+            "step_ms": 1000 * elapsed[mode] / args.steps,
+        }
+        if args.device == "cuda" or args.peak_flops:
+            row["mfu"] = model.estimate_mfu(tps, args.peak_flops or H100_BF16_DENSE)
+        if args.profile:
+            row["profile"] = profile_steps(args, trainer.step)
+        rows[mode] = row
+        logger.info("%s: %.0f tokens/s", mode, tps)
+    return rows
+
+
+def profile_steps(args: argparse.Namespace, step: Callable[[], None]) -> list[tuple[str, float, int]]:
     """``(op, share of the steps' self time, calls)`` of the ``args.profile_top`` ops with the most self time
     (device time on CUDA: the kernels; CPU time otherwise) over ``args.profile_steps`` steps."""
     cuda = args.device == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
-        for i in range(args.profile_steps):
-            step(i)
+        for _ in range(args.profile_steps):
+            step()
         sync(args.device)
     events = prof.key_averages()
 
@@ -159,7 +186,8 @@ def throughput_table(args: argparse.Namespace, preset: str | None = None) -> str
             if preset else f"E{first.n_embd}, F{first.n_ff}, {first.n_head} heads, {first.n_layer} layers")
     lines = [
         f"Training throughput: {size}, {args.device}, {'bf16 autocast' if args.device == 'cuda' else 'fp32'}, "
-        f"batch {args.batch_size} x {first.max_seq_len} tokens, {args.steps} timed steps after {args.warmup} warm-up"
+        f"batch {args.batch_size} x {first.max_seq_len} tokens, {args.steps} timed steps per mode (interleaved) after "
+        f"{args.warmup} warm-up"
         f"{', torch.compile' if args.compile else ''}"
         + (f", {torch.get_num_threads()} CPU threads" if args.device == "cpu" else f", {torch.cuda.get_device_name()}"),
         "",
@@ -167,10 +195,7 @@ def throughput_table(args: argparse.Namespace, preset: str | None = None) -> str
         "| tokens/s vs gpt | FLOP/s vs gpt | MFU |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    rows = {}
-    for mode, config in configs.items():
-        rows[mode] = throughput(args, config)
-        logger.info("%s %s: %.0f tokens/s", preset or "flags", mode, rows[mode]["tokens_per_s"])
+    rows = throughput(args, configs)
     gpt = rows.get("gpt")
     for mode, r in rows.items():
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "n/a"

@@ -12,6 +12,10 @@ and bias) are gone, and generation uses a KV cache instead of re-running the who
 growing one (:data:`KVCache`), or a :class:`StaticKVCache` allocated once, whose decode step has the same shapes
 at every step so that it can be captured (CUDA graphs).
 
+Model options, each off by default (a config without them, e.g. an older checkpoint's, builds today's model):
+tied input/output embeddings, rotary positions instead of the learned table (see :class:`CausalSelfAttention`
+for how they meet the QBNN term), zero-initialised residual writes, a logit soft-cap, RMSNorm for every norm.
+
 One file on purpose, like nanoGPT's ``model.py``: it reads top-down (building blocks, then the config, then the
 model), and each QBNN piece is a small module beside the attention and MLP it modifies, so the whole computation a
 checkpoint holds can be checked in one reading. Split up, a reader would chase the three modes across files.
@@ -36,7 +40,8 @@ __all__ = ["NeuroQConfig", "NeuroQ", "NeuroQOutput", "KVCache", "StaticKVCache"]
 
 KVCache = list[tuple[Tensor, Tensor]]
 """Per layer ``(k, v)`` of shape ``(B, n_head, T_past, d_k)`` / ``(B, n_head, T_past, d)``; layered mode stores
-the concatenated key features ``[k, tanh(k)]`` (``d_k = 2d``), so a cached key is never recomputed."""
+the concatenated key features ``[k, tanh(k)]`` (``d_k = 2d``; ``[rot(k), tanh(k)]`` with rotary positions), so a
+cached key is never recomputed."""
 
 
 class StaticKVCache:
@@ -77,6 +82,38 @@ BRAIN_FFN_DENSITY, BRAIN_FFN_GAIN = 0.25, 0.35
 BRAIN_REFINE_SCALE = 0.1
 # Block residual mix of the FFN and QBNN branches (spec); gpt mode uses the FFN alone at weight 1.
 FFN_WEIGHT, QBNN_WEIGHT = 0.7, 0.3
+# Rotary positions: the wavelengths' base (RoFormer, Llama); LayerNorm's eps for RMSNorm too, so that switching
+# the norm changes the normalisation and nothing else.
+ROPE_BASE = 10000.0
+NORM_EPS = 1e-5
+
+Rope = tuple[Tensor, Tensor]
+"""``(cos, sin)`` of every token's rotation angles, ``(B|1, 1, T, d/2)``: computed once per forward, used by every
+layer."""
+
+
+def rope_tables(positions: Tensor, head_dim: int) -> Rope:
+    """fp32 cos and sin of ``position * ROPE_BASE^(-2i/d)`` for positions ``(B|1, T)``. Computed from the positions
+    at every call, not kept as a buffer: a model cast to bf16 would cast the buffer too, and bf16 angles are off by
+    whole radians at positions in the hundreds."""
+    inv_freq = ROPE_BASE ** -(torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions[:, None, :, None].float() * inv_freq
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: Tensor, rope: Rope) -> Tensor:
+    """Rotary embedding of ``x`` ``(B, H, T, d)``: each pair ``(x_i, x_{i + d/2})`` turned by its angle (the
+    GPT-NeoX / Llama half-split layout), in ``x``'s dtype. Written out here because torch has no rotary op."""
+    cos, sin = (t.to(x.dtype) for t in rope)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def make_norm(config: NeuroQConfig, dim: int) -> nn.Module:
+    """The model's norm over ``dim`` features: LayerNorm, or RMSNorm (``config.norm``)."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=NORM_EPS)
+    return nn.LayerNorm(dim, eps=NORM_EPS)
 
 
 class BrainNeuronLayer(nn.Module):
@@ -129,6 +166,14 @@ class CausalSelfAttention(nn.Module):
     Layered scores ``S = q.k/sqrt(d) + lambda * tanh(q)^T J_h tanh(k)`` are a single dot product of the
     concatenated features ``[q/sqrt(d), lambda * tanh(q) J_h] . [k, tanh(k)]``, so the fused SDPA kernel computes
     them exactly without materialising S; ``attn_impl="explicit"`` builds S from the formula as the reference.
+
+    With rotary positions (``position="rope"``) only the dot-product term is rotated:
+    ``S = rot_i(q).rot_j(k)/sqrt(d) + lambda * tanh(q)^T J_h tanh(k)``, folded as
+    ``[rot(q)/sqrt(d), lambda * tanh(q) J_h] . [rot(k), tanh(k)]`` (the cache stores ``[rot(k), tanh(k)]``), and
+    the explicit formula computes the same. Rotation makes q.k depend on the offset i - j alone; through tanh it
+    would not (tanh does not commute with a rotation), so rotating the QBNN term's inputs would tie it to absolute
+    positions. Left unrotated it stays what the spec writes, a content term. In brain mode q and k are refined
+    first and then rotated, so the refiner sees the same inputs with either position scheme.
     """
 
     def __init__(self, config: NeuroQConfig):
@@ -156,10 +201,11 @@ class CausalSelfAttention(nn.Module):
         if self.entangled:
             nn.init.normal_(self.J, std=0.02)
 
-    def forward(self, x: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | _StaticLayer | None = None
-                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward(self, x: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | _StaticLayer | None = None,
+                rope: Rope | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """``mask``: boolean ``(B|1, 1, T, K)``, True = may attend; None means plain causal, no past. ``K`` is
-        ``T_past + T`` with a growing cache, the columns to attend over with a static one."""
+        ``T_past + T`` with a growing cache, the columns to attend over with a static one. ``rope``: the new
+        tokens' rotation tables, None with learned positions."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         if self.refine is not None:
@@ -168,7 +214,8 @@ class CausalSelfAttention(nn.Module):
             refined = BRAIN_REFINE_SCALE * self.refine(torch.cat([q, k]))
             q, k = q + refined[:B], k + refined[B:]
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        k_feat = torch.cat([k, torch.tanh(k)], dim=-1) if self.entangled else k
+        q_dot, k_dot = (q, k) if rope is None else (rotate(q, rope), rotate(k, rope))
+        k_feat = torch.cat([k_dot, torch.tanh(k)], dim=-1) if self.entangled else k_dot
         if isinstance(past, _StaticLayer):
             past.keys.index_copy_(2, past.write_at, k_feat)
             past.values.index_copy_(2, past.write_at, v)
@@ -176,15 +223,17 @@ class CausalSelfAttention(nn.Module):
         elif past is not None:
             k_feat = torch.cat([past[0], k_feat], dim=2)
             v = torch.cat([past[1], v], dim=2)
-        y = self._explicit(q, k_feat, v, mask) if self.explicit else self._fused(q, k_feat, v, mask)
+        attend = self._explicit if self.explicit else self._fused
+        y = attend(q_dot, q, k_feat, v, mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y)), (k_feat, v)
 
-    def _fused(self, q: Tensor, k_feat: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    def _fused(self, q_dot: Tensor, q: Tensor, k_feat: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """``q_dot``: the queries of the dot-product term (rotated with rope), ``q`` those of the QBNN term."""
         scale = None
         width = v.size(-1)
         if self.entangled:
-            q = torch.cat([q * self.head_dim**-0.5, self.lambda_attn * (torch.tanh(q) @ self.J)], dim=-1)
+            q_dot = torch.cat([q_dot * self.head_dim**-0.5, self.lambda_attn * (torch.tanh(q) @ self.J)], dim=-1)
             scale = 1.0
             if mask is None:
                 # The flash kernels (CUDA and CPU) need values as wide as keys; with d-wide values SDPA falls back
@@ -193,18 +242,19 @@ class CausalSelfAttention(nn.Module):
                 # mask the values are the KV cache, which padding would copy at every decode step.
                 v = F.pad(v, (0, k_feat.size(-1) - width))
         y = F.scaled_dot_product_attention(
-            q, k_feat, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            q_dot, k_feat, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
             is_causal=mask is None, scale=scale,
         )
         return y[..., :width]
 
-    def _explicit(self, q: Tensor, k_feat: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        k = k_feat[..., : self.head_dim]
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+    def _explicit(self, q_dot: Tensor, q: Tensor, k_feat: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        # The keys' two halves as the cache holds them: k (rotated with rope) and tanh of the unrotated k.
+        k_dot, k_tanh = k_feat[..., : self.head_dim], k_feat[..., self.head_dim:]
+        scores = (q_dot @ k_dot.transpose(-2, -1)) / math.sqrt(self.head_dim)
         if self.entangled:
-            scores = scores + self.lambda_attn * (torch.tanh(q) @ self.J) @ torch.tanh(k).transpose(-2, -1)
+            scores = scores + self.lambda_attn * (torch.tanh(q) @ self.J) @ k_tanh.transpose(-2, -1)
         if mask is None:
-            T = q.size(-2)
+            T = q_dot.size(-2)
             mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         scores = scores.masked_fill(~mask, float("-inf"))
         return self.attn_dropout(scores.softmax(dim=-1)) @ v
@@ -227,16 +277,17 @@ class QBNNLayer(nn.Module):
     """One layered-mode QBNN layer: ``GELU(LN(h~ + lambda_eff * tanh(h~) * (tanh(h) J)))`` with ``h~ = W h + b``.
 
     ``lambda_eff`` is a learnable gain bounded to ``[0.5, 1.5] * lambda``; it depends on nothing else, so the
-    layer is deterministic (the original mixed in a call counter).
+    layer is deterministic (the original mixed in a call counter). LN is the model's norm (RMSNorm with
+    ``norm="rmsnorm"``).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, lam: float):
+    def __init__(self, in_dim: int, out_dim: int, lam: float, norm: nn.Module):
         super().__init__()
         self.linear = nn.Linear(in_dim, out_dim)
         self.J = nn.Parameter(torch.empty(in_dim, out_dim))
         self.lambda_base = nn.Parameter(torch.tensor(0.5))
         self.lambda_min, self.lambda_max = 0.5 * lam, 1.5 * lam
-        self.norm = nn.LayerNorm(out_dim)
+        self.norm = norm
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.J, std=0.02)
@@ -253,9 +304,9 @@ class QBNNBranch(nn.Module):
 
     def __init__(self, config: NeuroQConfig):
         super().__init__()
-        self.layer1 = QBNNLayer(config.n_embd, config.n_ff, config.lambda_entangle)
+        self.layer1 = QBNNLayer(config.n_embd, config.n_ff, config.lambda_entangle, make_norm(config, config.n_ff))
         self.dropout = nn.Dropout(config.dropout)
-        self.layer2 = QBNNLayer(config.n_ff, config.n_embd, config.lambda_entangle)
+        self.layer2 = QBNNLayer(config.n_ff, config.n_embd, config.lambda_entangle, make_norm(config, config.n_embd))
 
     def forward(self, u: Tensor) -> Tensor:
         return self.layer2(self.dropout(self.layer1(u)))
@@ -266,9 +317,9 @@ class Block(nn.Module):
 
     def __init__(self, config: NeuroQConfig):
         super().__init__()
-        self.ln1 = nn.LayerNorm(config.n_embd)
+        self.ln1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln2 = nn.LayerNorm(config.n_embd)
+        self.ln2 = make_norm(config, config.n_embd)
         self.ffn = FFN(config)
         self.qbnn: nn.Module | None
         if config.mode == "layered":
@@ -279,9 +330,26 @@ class Block(nn.Module):
         else:
             self.qbnn = None
 
-    def forward(self, x: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | _StaticLayer | None = None
-                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        a, present = self.attn(self.ln1(x), mask, past)
+    def zero_residual_writes(self) -> None:
+        """Make every branch write zero into the residual stream, so that the block starts as the identity.
+
+        Zeroed: the attention and FFN output projections, brain's QBNN output layer, and in layered mode the gain
+        of the QBNN branch's last norm: that branch ends in ``GELU(LN(.))`` with no projection, and a zero gain
+        (bias 0, GELU(0) = 0) makes it write zero while its gradient stays finite. Zeroing its last linear layer
+        instead would feed the norm a zero vector, whose gradient is 1/sqrt(eps).
+        """
+        for linear in (self.attn.proj, self.ffn.proj):
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+        if isinstance(self.qbnn, BrainNeuronLayer):
+            nn.init.zeros_(self.qbnn.out.weight)
+            nn.init.zeros_(self.qbnn.out.bias)
+        elif isinstance(self.qbnn, QBNNBranch):
+            nn.init.zeros_(self.qbnn.layer2.norm.weight)
+
+    def forward(self, x: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | _StaticLayer | None = None,
+                rope: Rope | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        a, present = self.attn(self.ln1(x), mask, past, rope)
         x = x + a
         u = self.ln2(x)
         if self.qbnn is None:
@@ -315,7 +383,16 @@ _PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class NeuroQConfig:
-    """Every NeuroQ hyperparameter; ``n_ff`` is the FFN width (the spec's brain mode uses 4 * n_embd)."""
+    """Every NeuroQ hyperparameter; ``n_ff`` is the FFN width (the spec's brain mode uses 4 * n_embd).
+
+    The model options, each off by default (today's model, and what a checkpoint saved before they existed loads
+    as): ``tie_embeddings`` shares the token table with the LM head; ``position="rope"`` rotates q and k instead
+    of adding a learned position table (no ``pos_emb`` then; :class:`CausalSelfAttention` says how the QBNN term
+    stays unrotated); ``zero_init_residual`` starts every residual write at zero (:meth:`Block.zero_residual_writes`);
+    ``logit_softcap`` > 0 bounds the logits to ``cap * tanh(logits / cap)`` everywhere the model computes them
+    (training, evaluation, generation), since it is part of the model's function; ``norm="rmsnorm"`` makes every
+    norm an RMSNorm: ln1 and ln2 of each block, ln_f, and the norm inside each layered-mode QBNNLayer.
+    """
 
     mode: Mode = "layered"
     vocab_size: int = 8000
@@ -329,6 +406,10 @@ class NeuroQConfig:
     brain_neurons: int = 96
     brain_steps: int = 2
     tie_embeddings: bool = False
+    position: Literal["learned", "rope"] = "learned"
+    zero_init_residual: bool = False
+    logit_softcap: float = 0.0
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     attn_impl: Literal["sdpa", "explicit"] = "sdpa"
 
     def __post_init__(self) -> None:
@@ -342,6 +423,16 @@ class NeuroQConfig:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         require(is_number(self.dropout) and 0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
         require(is_number(self.lambda_entangle), "lambda_entangle", "finite", self.lambda_entangle)
+        for name in ("tie_embeddings", "zero_init_residual"):
+            require(isinstance(getattr(self, name), bool), name, "true or false", getattr(self, name))
+        require(self.position in ("learned", "rope"), "position", "'learned' or 'rope'", self.position)
+        if self.position == "rope":
+            head_dim = self.n_embd // self.n_head
+            require(head_dim % 2 == 0, "position", f"'learned' when the head dim n_embd / n_head = {head_dim} is odd "
+                    "(rope rotates pairs of features)", self.position)
+        require(is_number(self.logit_softcap) and self.logit_softcap >= 0, "logit_softcap", "a number >= 0 (0 = off)",
+                self.logit_softcap)
+        require(self.norm in ("layernorm", "rmsnorm"), "norm", "'layernorm' or 'rmsnorm'", self.norm)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> NeuroQConfig:
@@ -373,14 +464,17 @@ class NeuroQ(nn.Module):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
-        self.pos_emb = nn.Embedding(config.max_seq_len, config.n_embd)
+        self.pos_emb = nn.Embedding(config.max_seq_len, config.n_embd) if config.position == "learned" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.ln_f = make_norm(config, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
+        if config.zero_init_residual:
+            for block in self.blocks:
+                block.zero_residual_writes()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -423,20 +517,31 @@ class NeuroQ(nn.Module):
             pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, t_past:]
         mask = _attention_mask(attention_mask, T, t_past, idx.device)
 
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
+        x, rope = self._embed(idx, pos)
         presents: KVCache = []
         for i, block in enumerate(self.blocks):
-            x, present = block(x, mask, past_key_values[i] if past_key_values is not None else None)
+            x, present = block(x, mask, past_key_values[i] if past_key_values is not None else None, rope)
             presents.append(present)
         x = self.ln_f(x)
 
         loss = None
         if targets is not None:
-            logits = self.lm_head(x)
+            logits = self._logits(x)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
         else:
-            logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
+            logits = self._logits(x[:, -logits_to_keep:] if logits_to_keep else x)
         return NeuroQOutput(logits, loss, presents if use_cache else None)
+
+    def _embed(self, idx: Tensor, pos: Tensor) -> tuple[Tensor, Rope | None]:
+        """The blocks' input for tokens at positions ``pos``, and the rotation tables when positions are rotary."""
+        if self.pos_emb is not None:
+            return self.drop(self.tok_emb(idx) + self.pos_emb(pos)), None
+        return self.drop(self.tok_emb(idx)), rope_tables(pos, self.config.n_embd // self.config.n_head)
+
+    def _logits(self, x: Tensor) -> Tensor:
+        logits = self.lm_head(x)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
 
     def decode_step(self, idx: Tensor, position_ids: Tensor, mask: Tensor, cache: StaticKVCache, write_at: Tensor
                     ) -> Tensor:
@@ -447,19 +552,21 @@ class NeuroQ(nn.Module):
         and including this one). Every argument is a tensor of fixed shape for a given K, so
         ``torch.compile(mode="reduce-overhead")`` can capture the step once and replay it.
         """
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(position_ids))
+        x, rope = self._embed(idx, position_ids)
         for block, keys, values in zip(self.blocks, cache.keys, cache.values):
-            x, _ = block(x, mask, _StaticLayer(keys, values, write_at))
-        return self.lm_head(self.ln_f(x))[:, -1]
+            x, _ = block(x, mask, _StaticLayer(keys, values, write_at), rope)
+        return self._logits(self.ln_f(x))[:, -1]
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; ``non_embedding`` leaves out the position table and an untied token table."""
+        """Parameter count (a tied table once); ``non_embedding`` leaves out the lookup tables: the learned
+        position table and an untied token table (a tied one is also the LM head's matrix, so it stays)."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self.pos_emb.weight.numel()
-            if not self.config.tie_embeddings:
-                n -= self.tok_emb.weight.numel()
-        return n
+        return n - self._lookup_params() if non_embedding else n
+
+    def _lookup_params(self) -> int:
+        """Elements of the tables that are only looked up, never multiplied."""
+        n = self.pos_emb.weight.numel() if self.pos_emb is not None else 0
+        return n if self.config.tie_embeddings else n + self.tok_emb.weight.numel()
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token at full context (forward + backward = 3 x forward), nanoGPT/PaLM style.
@@ -467,12 +574,12 @@ class NeuroQ(nn.Module):
         ``6 * U + 6 * L * T * H * (d_k + d)`` where U counts the weight elements multiplied per token (every
         matrix of rank >= 2 once, plus brain mode's reuse: its shared q/k refiner runs twice per token and each
         recurrence step reuses W and J) and the second term is the attention scores (key width d_k = 2d in
-        layered mode, the concatenated features) and the weighted sum of values. Element-wise ops are ignored.
+        layered mode, the concatenated features) and the weighted sum of values. Element-wise ops are ignored
+        (norms, the rotary rotation, the logit soft-cap), and the LM head's matrix counts once whether or not it is
+        the token table too, so the model options leave the count as it is (rope removes a lookup table only).
         """
         cfg = self.config
-        uses = sum(p.numel() for p in self.parameters() if p.dim() >= 2) - self.pos_emb.weight.numel()
-        if not cfg.tie_embeddings:
-            uses -= self.tok_emb.weight.numel()  # a lookup, not a matmul
+        uses = sum(p.numel() for p in self.parameters() if p.dim() >= 2) - self._lookup_params()
         for block in self.blocks:
             refine = block.attn.refine
             if refine is not None:

@@ -3,10 +3,11 @@
     {"name": "aozora-e128", "train": {"lr": 0.002, "min_lr": 0.0001, "warmup_steps": 50, "batch_size": 16, ...},
      "model": {"dropout": 0.0}, "notes": {"val_bits_per_char": 5.1, "token_budget": 4100000, ...}}
 
-``train`` holds TrainConfig fields and ``model`` NeuroQConfig fields; ``notes`` is provenance (the size and budget
-the settings were found at, the score, the study) and changes nothing. A recipe sets training knobs, not the
-model's size: applied to a config, it replaces only the fields it names, and the command line's flags still
-override it. JSON, or YAML by the file's suffix (.yaml / .yml).
+``train`` holds TrainConfig fields and ``model`` NeuroQConfig fields (dropout and the model options: rotary
+positions, RMSNorm, tied embeddings, zero-initialised residual writes, the logit soft-cap); ``notes`` is provenance
+(the size and budget the settings were found at, the score, the study) and changes nothing. A recipe sets training
+knobs and model options, not the model's size: applied to a config, it replaces only the fields it names, and the
+command line's flags still override it. JSON, or YAML by the file's suffix (.yaml / .yml).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ __all__ = ["MODEL_FIELDS", "TRAIN_FIELDS", "Recipe"]
 # The knobs a recipe may carry. Size, data and run-management fields (out_dir, device, intervals, resume) are not
 # training recipes: a recipe found at one size must not silently resize the model it is applied to.
 TRAIN_FIELDS = ("lr", "min_lr", "warmup_steps", "max_steps", "batch_size", "grad_accum_steps", "weight_decay",
-                "betas", "grad_clip", "seed")
-MODEL_FIELDS = ("dropout",)
+                "betas", "grad_clip", "z_loss", "seed")
+MODEL_FIELDS = ("dropout", "position", "norm", "tie_embeddings", "zero_init_residual", "logit_softcap")
 
 
 @dataclass

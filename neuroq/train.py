@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from neuroq.tokenizer import NeuroQTokenizer
 
 __all__ = ["MetricsCallback", "StepBatchSampler", "TrainConfig", "TrainResult", "get_lr", "resume_step", "train",
-           "training_state"]
+           "training_state", "z_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,10 @@ class TrainConfig:
     Sizes: one optimizer step sees ``batch_size * grad_accum_steps * world_size`` blocks of ``block_size``
     tokens. ``block_size`` None means the model's ``max_seq_len``. ``min_lr`` None means ``lr / 10``.
     ``eval_interval`` / ``ckpt_interval`` 0 mean "at the end only"; ``eval_batches`` None means the whole
-    validation set. ``device`` "auto" picks CUDA when present; ``dtype`` "auto" is bf16 autocast on CUDA and
-    fp32 elsewhere. ``resume`` continues from ``out_dir/last`` when it exists, after undoing what a run killed
+    validation set. ``z_loss`` > 0 adds ``z_loss * mean(logsumexp(logits)^2)`` over the target tokens to the loss
+    that is minimised (PaLM's z-loss: it keeps the softmax normaliser near 1); the train and validation losses
+    reported stay the plain cross-entropy, comparable with a run without it. ``device`` "auto" picks CUDA when
+    present; ``dtype`` "auto" is bf16 autocast on CUDA and fp32 elsewhere. ``resume`` continues from ``out_dir/last`` when it exists, after undoing what a run killed
     mid-save left there (see ``recover_interrupted_save``), so it is always the last complete checkpoint.
     """
 
@@ -78,6 +80,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
+    z_loss: float = 0.0
     eval_interval: int = 250
     eval_batches: int | None = 20
     ckpt_interval: int = 500
@@ -118,6 +121,8 @@ class TrainConfig:
                 "two numbers in [0, 1)", self.betas)
         require(is_number(self.grad_clip) and self.grad_clip >= 0, "TrainConfig.grad_clip", "a number >= 0 (0 = off)",
                 self.grad_clip)
+        require(is_number(self.z_loss) and self.z_loss >= 0, "TrainConfig.z_loss", "a number >= 0 (0 = off)",
+                self.z_loss)
         require(self.dtype in ("auto", "float32", "bfloat16"), "TrainConfig.dtype", "'auto', 'float32' or 'bfloat16'",
                 self.dtype)
         try:
@@ -289,6 +294,13 @@ def resume_step(cfg: TrainConfig) -> int:
         return 0  # none yet, or one `_restore` will refuse with its own error
 
 
+def z_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean squared log-normaliser ``logsumexp(logits)^2`` over the positions with a target (not -100)."""
+    lse = torch.logsumexp(logits.float(), dim=-1)
+    keep = targets != -100
+    return (lse.square() * keep).sum() / keep.sum().clamp(min=1)
+
+
 def _reseed(cfg: TrainConfig, step: int, rank: int) -> None:
     torch.manual_seed(_mix(cfg.seed, step, rank, 1))
 
@@ -404,8 +416,12 @@ def _train(cfg: TrainConfig, train_blocks: Dataset, val_blocks: Dataset | None, 
                 # Gradients are all-reduced once per optimizer step, on the last micro-batch.
                 sync = micro == cfg.grad_accum_steps - 1 or ddp.world_size == 1
                 with (contextlib.nullcontext() if sync else train_model.no_sync()), autocast:  # type: ignore[operator]
-                    loss = train_model(x, y).loss / cfg.grad_accum_steps
-                loss.backward()
+                    out = train_model(x, y)
+                    loss = out.loss / cfg.grad_accum_steps
+                    objective = loss
+                    if cfg.z_loss:
+                        objective = loss + cfg.z_loss * z_loss(out.logits, y) / cfg.grad_accum_steps
+                objective.backward()
                 window_loss += loss.detach()
             grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0
                          else None)

@@ -3,7 +3,8 @@
 `spec_forward` below is NEUROQ_SPEC.md written out term by term with the model's weights, one token row and one
 head at a time where the spec says so, sharing no code with `neuroq.model`: the model must match it in fp32
 (tight) and under bf16 autocast (loose: bf16 keeps 8 bits of mantissa), in every mode, over a full forward and
-when decoding through the growing and the static KV cache.
+when decoding through the growing and the static KV cache; and so must it with the model options that change the
+formulas (rotary positions on the q.k term only, RMSNorm, the logit soft-cap, tied embeddings).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from neuroq.model import NeuroQ, NeuroQConfig, StaticKVCache
 
 MODES = ("layered", "brain", "gpt")
 VOCAB = 61
+# Every option that changes a formula; the soft-cap is low enough to bend these small logits.
+OPTIONS = dict(position="rope", norm="rmsnorm", logit_softcap=1.0, tie_embeddings=True)
 
 
-def model_with_strong_qbnn_terms(mode: str) -> NeuroQ:
+def model_with_strong_qbnn_terms(mode: str, **options) -> NeuroQ:
     """At init (N(0, 0.02)) the QBNN terms barely move the logits; scaled up, a wrong term shows. Larger q and k
     would make the softmax so sharp that bf16 rounding alone moves the logits by 10% (the explicit formula too)."""
     torch.manual_seed(0)
-    model = NeuroQ(NeuroQConfig.preset("tiny", mode=mode, vocab_size=VOCAB)).eval()
+    model = NeuroQ(NeuroQConfig.preset("tiny", mode=mode, vocab_size=VOCAB, **options)).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith((".J", ".W")):
@@ -48,16 +51,33 @@ def spec_brain_layer(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return s @ layer.out.weight.T + layer.out.bias
 
 
-def spec_qbnn_layer(layer: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
+def spec_norm(norm: torch.nn.Module, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """(x - mean) / std * g + b, or with norm="rmsnorm" x / rms(x) * g (eps 1e-5 either way)."""
+    if kind == "rmsnorm":
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+    return F.layer_norm(x, (x.size(-1),), norm.weight, norm.bias, eps=1e-5)
+
+
+def spec_qbnn_layer(layer: torch.nn.Module, h: torch.Tensor, norm: str) -> torch.Tensor:
     """GELU(LayerNorm(h~ + lambda_eff * delta)), delta_j = tanh(h~_j) * sum_i J_ij tanh(h_i)."""
     h_lin = h @ layer.linear.weight.T + layer.linear.bias
     delta = torch.tanh(h_lin) * (torch.tanh(h) @ layer.J)
     lam = layer.lambda_min + (layer.lambda_max - layer.lambda_min) * torch.sigmoid(layer.lambda_base)
-    return F.gelu(F.layer_norm(h_lin + lam * delta, (h_lin.size(-1),), layer.norm.weight, layer.norm.bias))
+    return F.gelu(spec_norm(layer.norm, h_lin + lam * delta, norm))
 
 
-def spec_attention(attn: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
-    """S_ij = q_i.k_j / sqrt(d) (+ lambda tanh(q_i)^T J_h tanh(k_j)), causal softmax, times V, projection."""
+def spec_rotary(x: torch.Tensor) -> torch.Tensor:
+    """RoPE of one head's rows (T, d): features i and i + d/2 as one complex number, times e^(i t 10000^(-2i/d))."""
+    T, d = x.shape[-2:]
+    theta = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    turn = torch.polar(torch.ones(T, d // 2, dtype=torch.float64), torch.arange(T, dtype=torch.float64)[:, None] * theta)
+    z = torch.complex(x[..., : d // 2].double(), x[..., d // 2:].double()) * turn
+    return torch.cat([z.real, z.imag], dim=-1).to(x.dtype)
+
+
+def spec_attention(attn: torch.nn.Module, x: torch.Tensor, mode: str, rope: bool) -> torch.Tensor:
+    """S_ij = q_i.k_j / sqrt(d) (+ lambda tanh(q_i)^T J_h tanh(k_j)), causal softmax, times V, projection; with
+    rope the dot product is rot_i(q_i).rot_j(k_j) and the QBNN term keeps the unrotated q and k."""
     T, C = x.shape[1], x.shape[2]
     q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).split(C, dim=-1)
     if mode == "brain":
@@ -68,7 +88,8 @@ def spec_attention(attn: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.T
     heads = []
     for h in range(attn.n_head):
         qh, kh, vh = (t[..., h * d:(h + 1) * d] for t in (q, k, v))
-        scores = qh @ kh.transpose(-1, -2) / math.sqrt(d)
+        q_dot, k_dot = (spec_rotary(qh), spec_rotary(kh)) if rope else (qh, kh)
+        scores = q_dot @ k_dot.transpose(-1, -2) / math.sqrt(d)
         if mode == "layered":
             scores = scores + attn.lambda_attn * torch.tanh(qh) @ attn.J[h] @ torch.tanh(kh).transpose(-1, -2)
         heads.append(scores.masked_fill(~causal, float("-inf")).softmax(-1) @ vh)
@@ -77,20 +98,27 @@ def spec_attention(attn: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.T
 
 @torch.no_grad()
 def spec_forward(model: NeuroQ, idx: torch.Tensor) -> torch.Tensor:
-    """Logits of the spec's model (fp32): blocks x + Attn(LN1 x); x + 0.7 FFN(u) + 0.3 Q(u) (gpt: + FFN(u))."""
-    mode = model.config.mode
-    x = model.tok_emb.weight[idx] + model.pos_emb.weight[: idx.size(1)]
+    """Logits of the spec's model (fp32): blocks x + Attn(LN1 x); x + 0.7 FFN(u) + 0.3 Q(u) (gpt: + FFN(u)), and
+    the soft-cap c tanh(logits / c) when the model has one."""
+    cfg = model.config
+    mode, rope, norm = cfg.mode, cfg.position == "rope", cfg.norm
+    x = model.tok_emb.weight[idx]
+    if not rope:
+        x = x + model.pos_emb.weight[: idx.size(1)]
     for block in model.blocks:
-        x = x + spec_attention(block.attn, block.ln1(x), mode)
-        u = block.ln2(x)
+        x = x + spec_attention(block.attn, spec_norm(block.ln1, x, norm), mode, rope)
+        u = spec_norm(block.ln2, x, norm)
         ffn = F.gelu(u @ block.ffn.fc.weight.T + block.ffn.fc.bias) @ block.ffn.proj.weight.T + block.ffn.proj.bias
         if mode == "gpt":
             x = x + ffn
         elif mode == "layered":
-            x = x + 0.7 * ffn + 0.3 * spec_qbnn_layer(block.qbnn.layer2, spec_qbnn_layer(block.qbnn.layer1, u))
+            hidden = spec_qbnn_layer(block.qbnn.layer1, u, norm)
+            x = x + 0.7 * ffn + 0.3 * spec_qbnn_layer(block.qbnn.layer2, hidden, norm)
         else:
             x = x + 0.7 * ffn + 0.3 * spec_brain_layer(block.qbnn, u)
-    return model.ln_f(x) @ model.lm_head.weight.T
+    logits = spec_norm(model.ln_f, x, norm) @ model.lm_head.weight.T
+    cap = cfg.logit_softcap
+    return cap * torch.tanh(logits / cap) if cap else logits
 
 
 def tokens() -> torch.Tensor:
@@ -131,6 +159,19 @@ def logits_through(model: NeuroQ, idx: torch.Tensor, path: str) -> torch.Tensor:
 @pytest.mark.parametrize("mode", MODES)
 def test_the_logits_equal_the_spec_formulas(mode: str, path: str, bf16: bool) -> None:
     model = model_with_strong_qbnn_terms(mode)
+    idx = tokens()
+    expected = spec_forward(model, idx)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        actual = logits_through(model, idx, path)
+    assert_matches(actual, expected, bf16)
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("path", ["forward", "growing cache", "static cache"])
+@pytest.mark.parametrize("mode", MODES)
+def test_the_logits_equal_the_spec_formulas_with_the_model_options_on(mode: str, path: str, bf16: bool) -> None:
+    model = model_with_strong_qbnn_terms(mode, **OPTIONS)
+    assert model.pos_emb is None
     idx = tokens()
     expected = spec_forward(model, idx)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

@@ -7,8 +7,10 @@
 `run` continues the Optuna study in --out-dir (or starts it) for --n-trials more trials, one MLflow child run per
 trial under the sweep's parent run, prints the best trial and the sweep table, and writes the best settings as a
 recipe. `trial` trains one set of settings given as flags and prints `val_bits_per_char=...` after every
-validation, for a Katib trial (deploy/k8s/katib/), whose metrics collector reads stdout. Every SweepConfig field
-is a flag of both (`token_budget` -> `--token-budget`).
+validation, for a Katib trial (deploy/k8s/katib/), whose metrics collector reads stdout: the training knobs are
+required, the model options default to off (`--position rope --norm rmsnorm --tie-embeddings --zero-init-residual
+--z-loss 1e-4 --logit-softcap 30` turn them on; a switch also takes `=true` / `=false`, as Katib writes it). Every
+SweepConfig field is a flag of both (`token_budget` -> `--token-budget`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 from components.steps.sweep import run_sweep
 from neuroq.cli import ConfigArgs, flagify, run_command
-from neuroq.sweep import KNOBS, SweepConfig, prepare_data, recipe_from, run_trial
+from neuroq.sweep import KNOBS, OPTIONS_OFF, SweepConfig, prepare_data, recipe_from, run_trial
 
 
 def _run(ns: argparse.Namespace, cfg: SweepConfig) -> None:
@@ -56,6 +58,14 @@ def _sweep_args(parser: argparse.ArgumentParser) -> ConfigArgs:
     return ConfigArgs(parser.add_argument_group("sweep"), SweepConfig, aliases=aliases)
 
 
+def _switch(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mlflow_project.sweep", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -70,9 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--recipe-out", "--recipe_out", default="", help="also write these settings as a recipe")
     trial.add_argument("--recipe-name", "--recipe_name", default="", help="the recipe's name (default trial-HASH)")
     knobs = trial.add_argument_group("settings")
-    for name in KNOBS:
-        knobs.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True,
-                           type=int if name == "batch_size" else float)
+    for name, (_, values) in KNOBS.items():
+        flag = f"--{name.replace('_', '-')}"
+        if name not in OPTIONS_OFF:
+            knobs.add_argument(flag, dest=name, required=True, type=int if name == "batch_size" else float)
+            continue
+        off = OPTIONS_OFF[name]
+        if isinstance(off, bool):
+            knobs.add_argument(flag, dest=name, nargs="?", const=True, default=off, type=_switch, metavar="true|false",
+                               help=f"default {str(off).lower()}")
+        elif isinstance(off, str):
+            knobs.add_argument(flag, dest=name, default=off, choices=list(values), help=f"default {off}")
+        else:
+            knobs.add_argument(flag, dest=name, default=off, type=float, help=f"default {off} (off)")
     trial.set_defaults(config_args=_sweep_args(trial), work=_trial)
     return parser
 

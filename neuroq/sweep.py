@@ -1,4 +1,5 @@
-"""A hyperparameter sweep over the training knobs at a given model size and token budget (Optuna, no MLflow).
+"""A hyperparameter sweep over the training knobs and model options at a given size and token budget (Optuna, no
+MLflow).
 
 One objective serves every runner: :func:`run_trial` trains one set of settings (a dict, :data:`KNOBS`) for
 ``token_budget`` tokens and returns validation bits per character, reporting the validation curve on the way
@@ -43,8 +44,9 @@ from neuroq.validation import is_int, is_number, require
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["KNOBS", "SweepConfig", "SweepData", "TrialResult", "baseline_settings", "create_study", "held_out_groups",
-           "optuna_objective", "prepare_data", "recipe_from", "run_trial", "steps_for", "suggest", "train_config"]
+__all__ = ["KNOBS", "OPTIONS_OFF", "SweepConfig", "SweepData", "TrialResult", "baseline_settings", "create_study",
+           "held_out_groups", "optuna_objective", "prepare_data", "recipe_from", "run_trial", "steps_for", "suggest",
+           "train_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +62,21 @@ KNOBS: dict[str, tuple[str, Any]] = {
     "batch_size": ("categorical", (8, 16, 32, 64)),
     "dropout": ("float", (0.0, 0.2)),
     "grad_clip": ("categorical", (0.0, 0.5, 1.0, 2.0)),  # 0 = no clipping
+    # The model options (NeuroQConfig; z_loss is TrainConfig's), each either off, as today's model has it, or on.
+    "position": ("categorical", ("learned", "rope")),
+    "norm": ("categorical", ("layernorm", "rmsnorm")),
+    "tie_embeddings": ("categorical", (False, True)),
+    "zero_init_residual": ("categorical", (False, True)),
+    "z_loss": ("categorical", (0.0, 1e-4)),
+    "logit_softcap": ("categorical", (0.0, 30.0)),
 }
+# Each model option's off value: trial 0's, and what a trial command that does not name the option trains with.
+OPTIONS_OFF: dict[str, Any] = {
+    "position": NeuroQConfig.position, "norm": NeuroQConfig.norm, "tie_embeddings": NeuroQConfig.tie_embeddings,
+    "zero_init_residual": NeuroQConfig.zero_init_residual, "z_loss": TrainConfig.z_loss,
+    "logit_softcap": NeuroQConfig.logit_softcap,
+}
+_MODEL_OPTIONS = ("position", "norm", "tie_embeddings", "zero_init_residual", "logit_softcap")
 
 
 @dataclass
@@ -110,9 +126,11 @@ class SweepConfig:
                 "a number in (0, 1)", self.val_fraction)
         self.model_config(self.vocab_size)  # the size must make a valid model
 
-    def model_config(self, vocab_size: int, dropout: float = 0.0) -> NeuroQConfig:
+    def model_config(self, vocab_size: int, dropout: float = 0.0, **options: Any) -> NeuroQConfig:
+        """The model at the sweep's size; ``options`` are NeuroQConfig's model options (position, norm, ...)."""
         return NeuroQConfig(mode=self.mode, vocab_size=vocab_size, n_embd=self.n_embd, n_ff=self.n_ff,
-                            n_head=self.n_head, n_layer=self.n_layer, max_seq_len=self.context, dropout=dropout)
+                            n_head=self.n_head, n_layer=self.n_layer, max_seq_len=self.context, dropout=dropout,
+                            **options)
 
     def size(self) -> str:
         return f"{self.mode} E{self.n_embd} F{self.n_ff} H{self.n_head} L{self.n_layer} T{self.context}"
@@ -251,7 +269,7 @@ def baseline_settings(cfg: SweepConfig) -> dict[str, Any]:
     return {"lr": defaults.lr, "min_lr_ratio": defaults.min_lr / defaults.lr,
             "warmup_fraction": min(1.0, defaults.warmup_steps / steps), "weight_decay": defaults.weight_decay,
             "beta1": defaults.betas[0], "beta2": defaults.betas[1], "batch_size": defaults.batch_size,
-            "dropout": NeuroQConfig.dropout, "grad_clip": defaults.grad_clip}
+            "dropout": NeuroQConfig.dropout, "grad_clip": defaults.grad_clip, **OPTIONS_OFF}
 
 
 def train_config(cfg: SweepConfig, settings: Mapping[str, Any], vocab_size: int, out_dir: str) -> TrainConfig:
@@ -265,11 +283,11 @@ def train_config(cfg: SweepConfig, settings: Mapping[str, Any], vocab_size: int,
     steps = steps_for(cfg, batch)
     lr = float(settings["lr"])
     return TrainConfig(
-        model=cfg.model_config(vocab_size, float(settings["dropout"])),
+        model=cfg.model_config(vocab_size, float(settings["dropout"]), **{k: settings[k] for k in _MODEL_OPTIONS}),
         out_dir=out_dir, max_steps=steps, batch_size=batch, lr=lr, min_lr=lr * float(settings["min_lr_ratio"]),
         warmup_steps=min(steps - 1, round(float(settings["warmup_fraction"]) * steps)),
         weight_decay=float(settings["weight_decay"]), betas=(float(settings["beta1"]), float(settings["beta2"])),
-        grad_clip=float(settings["grad_clip"]),
+        grad_clip=float(settings["grad_clip"]), z_loss=float(settings["z_loss"]),
         # Every validation scores the whole held-out split, so that batch size does not change what is scored.
         eval_interval=max(1, steps // cfg.evals), eval_batches=None, ckpt_interval=0,
         log_interval=max(1, steps // 50), seed=cfg.seed, device=cfg.device, progress=False,
@@ -316,10 +334,11 @@ def run_trial(cfg: SweepConfig, settings: Mapping[str, Any], data: SweepData, ou
 
 def recipe_from(cfg: SweepConfig, name: str, config: TrainConfig, *, notes: Mapping[str, Any] = ()) -> Recipe:
     """A trial's training settings as a named recipe, with the size and budget they were found at."""
-    knobs = ("lr", "min_lr", "warmup_steps", "max_steps", "batch_size", "weight_decay", "betas", "grad_clip")
+    knobs = ("lr", "min_lr", "warmup_steps", "max_steps", "batch_size", "weight_decay", "betas", "grad_clip", "z_loss")
     train_values = {k: getattr(config, k) for k in knobs}
     train_values["betas"] = list(config.betas)
-    return Recipe(name=name, train=train_values, model={"dropout": config.model.dropout},
+    model_values = {k: getattr(config.model, k) for k in ("dropout", *_MODEL_OPTIONS)}
+    return Recipe(name=name, train=train_values, model=model_values,
                   notes={"size": cfg.size(), "token_budget": cfg.token_budget, "corpus": cfg.corpus or "bundled",
                          **dict(notes)})
 

@@ -49,7 +49,7 @@ def test_the_search_space_is_the_local_sweeps() -> None:
         parameter = space[name]
         if kind == "categorical":
             assert parameter["parameterType"] == "categorical"
-            assert [float(v) for v in parameter["feasibleSpace"]["list"]] == [float(v) for v in spec], name
+            assert [_parsed(v, spec[0]) for v in parameter["feasibleSpace"]["list"]] == list(spec), name
         else:
             feasible = parameter["feasibleSpace"]
             assert (parameter["parameterType"], feasible["distribution"]) == KINDS[kind], name
@@ -72,7 +72,9 @@ def test_the_trial_runs_the_sweeps_objective_from_the_project_image() -> None:
     assert container["image"] == DEFAULT_IMAGE
     # What Katib runs once it has put a trial's values in: a valid `trial` command with exactly those settings.
     values = {"lr": "0.002", "min_lr_ratio": "0.1", "warmup_fraction": "0.05", "weight_decay": "0.01",
-              "beta1": "0.9", "beta2": "0.99", "batch_size": "16", "dropout": "0.0", "grad_clip": "1.0"}
+              "beta1": "0.9", "beta2": "0.99", "batch_size": "16", "dropout": "0.0", "grad_clip": "1.0",
+              "position": "rope", "norm": "rmsnorm", "tie_embeddings": "true", "zero_init_residual": "false",
+              "z_loss": "0.0001", "logit_softcap": "30.0"}
     command = " ".join(container["command"])
     for name, value in values.items():
         command = command.replace("${trialParameters.%s}" % name, value)
@@ -80,12 +82,19 @@ def test_the_trial_runs_the_sweeps_objective_from_the_project_image() -> None:
     args = command.split()
     assert args[:4] == ["python", "-m", "mlflow_project.sweep", "trial"]
     ns = build_parser().parse_args(args[3:])
-    assert {name: getattr(ns, name) for name in KNOBS} == {k: (int(v) if k == "batch_size" else float(v))
-                                                          for k, v in values.items()}
+    like = {name: spec[0] if kind == "categorical" else 0.0 for name, (kind, spec) in KNOBS.items()}
+    assert {name: getattr(ns, name) for name in KNOBS} == {k: _parsed(v, like[k]) for k, v in values.items()}
     config = ns.config_args.build(ns)
     assert (config.n_embd, config.n_ff, config.n_head, config.n_layer, config.context) == (128, 256, 4, 4, 128)
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert config.out_dir in mounts and config.corpus.rsplit("/", 1)[0] in mounts
+
+
+def _parsed(text: str, like: object) -> object:
+    """A Katib value (always a string) as the type of the KNOBS value ``like``."""
+    if isinstance(like, bool):
+        return {"true": True, "false": False}[text]
+    return type(like)(text)
 
 
 def test_katibs_collector_reads_the_line_the_trial_prints() -> None:

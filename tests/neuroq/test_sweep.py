@@ -9,7 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from neuroq.sweep import SweepConfig, create_study, held_out_groups, prepare_data, suggest
+from neuroq.sweep import (
+    KNOBS,
+    SweepConfig,
+    baseline_settings,
+    create_study,
+    held_out_groups,
+    prepare_data,
+    recipe_from,
+    suggest,
+    train_config,
+)
+from neuroq.train import TrainConfig
 
 TEXT = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。"
 
@@ -64,3 +75,24 @@ def test_a_continued_study_draws_new_settings(tmp_path: Path) -> None:
     first.tell(trial, 5.0)
     again = create_study(cfg).ask()
     assert suggest(again) != drawn
+
+
+def test_the_model_options_are_knobs_off_in_the_baseline_and_reach_the_trials_model_and_recipe() -> None:
+    cfg = SweepConfig()
+    baseline = baseline_settings(cfg)
+    assert set(baseline) == set(KNOBS)
+    off = train_config(cfg, baseline, 500, "unused")
+    assert (off.model.position, off.model.norm, off.model.tie_embeddings, off.model.zero_init_residual,
+            off.model.logit_softcap, off.z_loss) == ("learned", "layernorm", False, False, 0.0, 0.0)
+    on = {**baseline, "position": "rope", "norm": "rmsnorm", "tie_embeddings": True, "zero_init_residual": True,
+          "z_loss": 1e-4, "logit_softcap": 30.0}
+    config = train_config(cfg, on, 500, "unused")
+    assert (config.model.position, config.model.norm, config.model.tie_embeddings, config.model.zero_init_residual,
+            config.model.logit_softcap, config.z_loss) == ("rope", "rmsnorm", True, True, 30.0, 1e-4)
+    recipe = recipe_from(cfg, "on", config)
+    assert recipe.train["z_loss"] == 1e-4
+    applied = recipe.apply(TrainConfig())
+    assert (applied.model.position, applied.model.norm, applied.model.tie_embeddings,
+            applied.model.zero_init_residual, applied.model.logit_softcap, applied.z_loss) == (
+        "rope", "rmsnorm", True, True, 30.0, 1e-4)
+    assert applied.model.n_embd == TrainConfig().model.n_embd  # options, not the size

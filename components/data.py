@@ -1,8 +1,9 @@
 """Data components: one ingest per source family, then one merge that deduplicates across them and splits.
 
-Common Crawl is ingested in shards: `plan_cc_shards` splits the window of WET files, one `ingest_cc_shard` task
-per shard runs under `dsl.ParallelFor`, and `ingest_common_crawl` deduplicates the shards across each other into
-the crawl's dataset (what one process would have kept).
+Common Crawl (and a Hugging Face dataset with hf_shards > 1) is ingested in shards: `plan_cc_shards` splits the
+sources, one `ingest_cc_shard` task per shard runs under `dsl.ParallelFor`; the dedup across shards fans out too,
+one `dedup_partition` task per range of exact keys and group of LSH bands, then `cluster_duplicates` decides the
+drops from the candidate pairs and `ingest_common_crawl` writes what is left (what one process would have kept).
 
 The ingest components take only their own knobs and log nothing to MLflow, so they are pure functions of their
 inputs and KFP's cache can skip them (re-reading Common Crawl is the slowest thing a rerun could do). Their
@@ -31,7 +32,8 @@ def ingest_hf(params: dict, data: Output[Dataset]):
 
 @component
 def plan_cc_shards(params: dict) -> list:
-    """The shards of the Common Crawl window (contiguous ranges of WET files): one dict per ingest task."""
+    """The shards of the sharded sources (the Common Crawl window; a Hugging Face dataset when hf_shards > 1):
+    one dict per ingest task, carrying that shard's ingest config."""
     from components.params import PipelineParams
     from components.steps import data as steps
 
@@ -39,33 +41,62 @@ def plan_cc_shards(params: dict) -> list:
 
 
 @component
-def ingest_cc_shard(params: dict, shard: dict, data: Output[Dataset]):
-    """Stream one shard's WET files from S3, keep clean Japanese pages, write their exact keys and signatures."""
+def ingest_cc_shard(shard: dict, data: Output[Dataset]):
+    """One shard: its WET files from S3 (or its block of the HF dataset) through the filters, with its exact keys
+    and MinHash signatures."""
+    from components.steps import data as steps
+
+    manifest = steps.ingest_common_crawl_shard(shard, data.path)
+    data.metadata.update({key: manifest[key] for key in ("index", "distinct", "seconds", "skipped") if key in manifest})
+
+
+@component
+def plan_dedup_partitions(params: dict) -> list:
+    """The cross-shard dedup's partitions: one range of exact keys and one group of LSH bands per task."""
     from components.params import PipelineParams
     from components.steps import data as steps
 
-    manifest = steps.ingest_common_crawl_shard(PipelineParams.from_ingest_knobs(params), shard, data.path)
-    data.metadata.update({key: manifest[key] for key in ("index", "distinct", "seconds", "skipped") if key in manifest})
+    return steps.plan_dedup_partitions(PipelineParams.from_ingest_knobs(params))
+
+
+@component
+def dedup_partition(params: dict, partition: dict, shards: Input[List[Dataset]], pairs: Output[Dataset]):
+    """Exact copies in this partition's key range and verified candidate pairs in its bands, over every shard."""
+    from components.params import PipelineParams
+    from components.steps import data as steps
+
+    report = steps.dedup_partition(PipelineParams.from_ingest_knobs(params), partition,
+                                   [shard.path for shard in shards], pairs.path)
+    pairs.metadata.update({key: report[key] for key in ("exact_copies", "candidate_pairs", "seconds") if key in report})
+
+
+@component
+def cluster_duplicates(partitions: Input[List[Dataset]], drops: Output[Dataset]):
+    """First seen wins (by shard, then record) over every partition's pairs: the documents to drop."""
+    from components.steps import data as steps
+
+    report = steps.cluster_duplicates([partition.path for partition in partitions], drops.path)
+    drops.metadata.update({key: report[key] for key in ("candidate_pairs", "drops") if key in report})
 
 
 @component
 def ingest_common_crawl(
     params: dict,
     shards: Input[List[Dataset]],
+    drops: Input[Dataset],
     val_fraction: float,
     data: Output[Dataset],
     summary: Output[Markdown],
 ):
-    """Deduplicate the shards across each other (exact by key range, MinHash LSH by band) into the crawl's dataset.
+    """Write the shards' documents minus the drops, in shard order: the sharded sources' dataset.
 
-    Writes an empty dataset when `data_sources` does not name common_crawl.
+    Writes an empty dataset when `data_sources` names no sharded source.
     """
     from components.params import PipelineParams
     from components.steps import data as steps
 
-    manifest = steps.dedup_common_crawl_shards(
-        PipelineParams.from_ingest_knobs(params), [shard.path for shard in shards], data.path, val_fraction
-    )
+    manifest = steps.dedup_common_crawl_shards(PipelineParams.from_ingest_knobs(params),
+                                               [shard.path for shard in shards], data.path, val_fraction, drops.path)
     data.metadata.update(steps.lineage(manifest))
     with open(summary.path, "w", encoding="utf-8") as handle:
         handle.write(steps.ingest_summary(manifest))

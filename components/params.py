@@ -63,6 +63,12 @@ class PipelineParams:
     # Ingest tasks the window of WET files is split into (contiguous windows, one KFP task each); cc_max_records
     # then applies to each shard. 1 reproduces the single-process ingest task for task.
     cc_shards: int = 1
+    # More than 1: the Hugging Face source is read by that many tasks (contiguous `Dataset.shard` blocks, not
+    # streamed; hf_max_records then applies per shard) and deduplicated with the crawl's sharded stages. 1 keeps
+    # the single ingest_hf task.
+    hf_shards: int = 1
+    # Tasks the cross-shard dedup fans out to, each one range of exact keys and a group of LSH bands.
+    dedup_tasks: int = 1
     near_dedup: bool = DedupConfig.near
     dedup_threshold: float = DedupConfig.threshold
     val_fraction: float = 0.1  # the bundled corpus is small: 5% would leave too few validation documents
@@ -126,6 +132,11 @@ class PipelineParams:
             value = getattr(self, name)
             require(value >= 0, name, ">= 0", value)
         require(self.cc_shards >= 1, "cc_shards", ">= 1 (ingest tasks for the Common Crawl window)", self.cc_shards)
+        require(self.hf_shards >= 1, "hf_shards", ">= 1 (ingest tasks for the Hugging Face dataset)", self.hf_shards)
+        if self.hf_shards > 1 and self.hf_streaming:
+            raise ConfigError("hf_shards > 1 needs hf_streaming off: streamed shards cannot number their rows "
+                              "like one task does")
+        require(self.dedup_tasks >= 1, "dedup_tasks", ">= 1 (tasks of the cross-shard dedup)", self.dedup_tasks)
         if not self.prompts:
             raise ConfigError("sample_prompts is empty: give at least one prompt")
         if self.sample_max_new_tokens >= self.seq_length:

@@ -1,9 +1,10 @@
 """The NeuroQ training pipeline as one KFP v2 DAG (no `from __future__ import annotations`: KFP reads the
 annotations as types).
 
-    start_run ─┬─> ingest_hf ──────────────────────────────────────────────────────┐
-               └─> plan_cc_shards ─> ParallelFor: ingest_cc_shard ─> ingest_common_crawl ┴─> merge_dedup_split ─┐
-                        train_tokenizer ─> train_neuroq ─> evaluate ─> register <───────────────────────────────┘
+    start_run ─┬─> ingest_hf ───────────────────────────────────────────────────────────────────────────┐
+               └─> plan_cc_shards ─> ParallelFor: ingest_cc_shard ─> dedup-stages ─> ingest_common_crawl ┴─> merge_dedup_split ─┐
+                        train_tokenizer ─> train_neuroq ─> evaluate ─> register <──────────────────────────────────────────────┘
+    dedup-stages: plan_dedup_partitions ─> ParallelFor: dedup_partition ─> cluster_duplicates
 
 `build_common_crawl_pipeline` is the Common Crawl part alone (shards -> deduplicated, split dataset), for
 ingesting a crawl once and training on it many times.
@@ -14,12 +15,22 @@ with `python -m pipelines.run {local,compile,submit}`.
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, List
 
 from kfp import dsl, kubernetes
+from kfp.dsl import Dataset, Input
 
 from components.component import DEFAULT_IMAGE
-from components.data import ingest_cc_shard, ingest_common_crawl, ingest_hf, merge_dedup_split, plan_cc_shards
+from components.data import (
+    cluster_duplicates,
+    dedup_partition,
+    ingest_cc_shard,
+    ingest_common_crawl,
+    ingest_hf,
+    merge_dedup_split,
+    plan_cc_shards,
+    plan_dedup_partitions,
+)
 from components.evaluation import evaluate, register
 from components.params import PipelineParams
 from components.start import start_run
@@ -30,7 +41,10 @@ __all__ = [
     "CC_PIPELINE_NAME",
     "CC_SHARD_RESOURCES",
     "CC_SHARD_RETRIES",
+    "CC_WRITE_RESOURCES",
     "CHECKPOINT_MOUNT",
+    "DEDUP_CLUSTER_RESOURCES",
+    "DEDUP_PARTITION_RESOURCES",
     "DEFAULT_PARALLELISM",
     "HF_KNOBS",
     "PIPELINE_NAME",
@@ -48,10 +62,13 @@ _D = PipelineParams()
 
 # The only knobs each ingest step sees: its cache key then changes only when its own data would.
 HF_KNOBS = ("data_sources", "hf_path", "hf_name", "hf_split", "hf_text_column", "hf_template", "hf_max_records",
-            "hf_streaming")
+            "hf_streaming", "hf_shards")
 # The crawl's knobs include the dedup ones: near-dedup across the crawl happens in its shard stages.
+# They include the Hugging Face knobs: with hf_shards > 1 the HF dataset goes through the same sharded stages
+# (each shard task's cache key is its own shard's config, which its plan item carries).
 CC_KNOBS = ("data_sources", "cc_crawl_id", "cc_endpoint_url", "cc_bucket", "cc_anonymous", "cc_max_records",
-            "cc_max_files", "cc_first_file", "cc_shards", "near_dedup", "dedup_threshold", "seed")
+            "cc_max_files", "cc_first_file", "cc_shards", *HF_KNOBS[1:], "dedup_tasks", "near_dedup",
+            "dedup_threshold", "seed")
 CC_PIPELINE_NAME = "neuroq-common-crawl"
 # Shard tasks running at once. KFP v2 fixes a ParallelFor's parallelism when the pipeline is compiled (the IR's
 # iteratorPolicy.parallelismLimit is a number, not a parameter): `pipelines.run compile/submit --parallelism N`.
@@ -59,6 +76,12 @@ DEFAULT_PARALLELISM = 8
 # One shard task: one core for gzip + filters + MinHash; its memory follows its own shard (its exact keys and
 # signatures, ~0.6 KB per kept page, texts a row group at a time), see bench/RESULTS.md.
 CC_SHARD_RESOURCES = {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2G", "memory_limit": "4G"}
+# A dedup partition: k-way merges of its key range and bands over every shard (one batch per shard) plus its own
+# pairs; the cluster step: every candidate pair and cross-shard copy (~50 bytes each); the write: one shard's
+# drops and a row group of texts at a time. None of them holds the crawl; measured in bench/RESULTS.md.
+DEDUP_PARTITION_RESOURCES = {"cpu_request": "1", "cpu_limit": "2", "memory_request": "1G", "memory_limit": "2G"}
+DEDUP_CLUSTER_RESOURCES = {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2G", "memory_limit": "8G"}
+CC_WRITE_RESOURCES = {"cpu_request": "1", "cpu_limit": "2", "memory_request": "1G", "memory_limit": "2G"}
 CC_SHARD_RETRIES = 3
 # Pipeline parameters that say where and how to run rather than what to train.
 RUN_PARAMETERS = ("tracking_uri", "run_name", "parent_run_id", "image")
@@ -80,22 +103,45 @@ CHECKPOINT_MOUNT = "/mnt/neuroq-checkpoints"
 _KNOBS = frozenset(field.name for field in dataclasses.fields(PipelineParams))
 
 
-def _common_crawl_tasks(cc_params: Any, val_fraction: Any, parallelism: int, image: Any) -> Any:
-    """Add the crawl's tasks to the pipeline being defined: plan, one ingest task per shard, dedup across shards."""
+def _dedup_stages(parallelism: int) -> Any:
+    """The cross-shard dedup as a sub-DAG: plan the partitions, one `dedup_partition` task each, then the cluster
+    step. A sub-DAG because KFP's compiler cannot hand a `dsl.Collected` list to tasks inside a ParallelFor; as
+    this DAG's input the list of shards reaches every partition task."""
+
+    @dsl.pipeline(name="dedup-stages")
+    def dedup_stages(params: dict, shards: Input[List[Dataset]], image: str) -> Dataset:
+        plan = plan_dedup_partitions(params=params)
+        with dsl.ParallelFor(plan.output, parallelism=parallelism) as partition:
+            pairs = dedup_partition(params=params, partition=partition, shards=shards)
+            _set_resources(pairs, DEDUP_PARTITION_RESOURCES)
+            pairs.set_retry(num_retries=CC_SHARD_RETRIES, backoff_duration="30s")
+        cluster = cluster_duplicates(partitions=dsl.Collected(pairs.outputs["pairs"]))
+        _set_resources(cluster, DEDUP_CLUSTER_RESOURCES)
+        for task in (plan, pairs, cluster):
+            task.set_caching_options(True).set_container_image(image)
+        return cluster.outputs["drops"]
+
+    return dedup_stages
+
+
+def _set_resources(task: Any, resources: dict[str, str]) -> None:
+    (task.set_cpu_request(resources["cpu_request"]).set_cpu_limit(resources["cpu_limit"])
+     .set_memory_request(resources["memory_request"]).set_memory_limit(resources["memory_limit"]))
+
+
+def _common_crawl_tasks(cc_params: Any, val_fraction: Any, parallelism: int, image: Any, dedup_stages: Any) -> Any:
+    """Add the sharded sources' tasks to the pipeline being defined: plan, one ingest task per shard, the dedup
+    stages across shards, the write."""
     plan = plan_cc_shards(params=cc_params)
     with dsl.ParallelFor(plan.output, parallelism=parallelism) as shard:
-        ingest = ingest_cc_shard(params=cc_params, shard=shard)
-        (
-            ingest.set_cpu_request(CC_SHARD_RESOURCES["cpu_request"])
-            .set_cpu_limit(CC_SHARD_RESOURCES["cpu_limit"])
-            .set_memory_request(CC_SHARD_RESOURCES["memory_request"])
-            .set_memory_limit(CC_SHARD_RESOURCES["memory_limit"])
-            # S3 throttling and preempted nodes fail one shard; it retries alone, into a fresh output folder.
-            .set_retry(num_retries=CC_SHARD_RETRIES, backoff_duration="30s")
-            .set_container_image(image)
-        )
+        ingest = ingest_cc_shard(shard=shard)
+        _set_resources(ingest, CC_SHARD_RESOURCES)
+        # S3 throttling and preempted nodes fail one shard; it retries alone, into a fresh output folder.
+        ingest.set_retry(num_retries=CC_SHARD_RETRIES, backoff_duration="30s").set_container_image(image)
+    stages = dedup_stages(params=cc_params, shards=dsl.Collected(ingest.outputs["data"]), image=image)
     crawl = ingest_common_crawl(params=cc_params, shards=dsl.Collected(ingest.outputs["data"]),
-                                val_fraction=val_fraction)
+                                drops=stages.output, val_fraction=val_fraction)
+    _set_resources(crawl, CC_WRITE_RESOURCES)
     for task in (plan, ingest, crawl):
         task.set_caching_options(True)
     for task in (plan, crawl):
@@ -105,6 +151,7 @@ def _common_crawl_tasks(cc_params: Any, val_fraction: Any, parallelism: int, ima
 
 def build_common_crawl_pipeline(parallelism: int = DEFAULT_PARALLELISM) -> Any:
     """The crawl alone: its shards ingested and deduplicated into one train/validation dataset, no MLflow."""
+    dedup_stages = _dedup_stages(parallelism)  # KFP defines a sub-DAG outside the pipeline that uses it
 
     @dsl.pipeline(name=CC_PIPELINE_NAME, description="Ingest a Common Crawl window in shards, deduplicated.")
     def common_crawl_pipeline(
@@ -113,7 +160,7 @@ def build_common_crawl_pipeline(parallelism: int = DEFAULT_PARALLELISM) -> Any:
         image: str = DEFAULT_IMAGE,
     ):
         # One dict of the CC_KNOBS: the main pipeline lists them as parameters already.
-        _common_crawl_tasks(params, val_fraction, parallelism, image)
+        _common_crawl_tasks(params, val_fraction, parallelism, image, dedup_stages)
 
     return common_crawl_pipeline
 
@@ -122,6 +169,7 @@ def build_pipeline(checkpoint_pvc: str = "", parallelism: int = DEFAULT_PARALLEL
     """The pipeline; with `checkpoint_pvc`, train_neuroq mounts that PersistentVolumeClaim at CHECKPOINT_MOUNT and
     `checkpoint_dir` defaults to it, so a retried train task resumes from its last checkpoint (a compile-time
     choice: a pod spec cannot mount a claim whose name is empty)."""
+    dedup_stages = _dedup_stages(parallelism)  # KFP defines a sub-DAG outside the pipeline that uses it
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="Ingest Japanese text, train a tokenizer and NeuroQ, evaluate, register.")
@@ -142,6 +190,8 @@ def build_pipeline(checkpoint_pvc: str = "", parallelism: int = DEFAULT_PARALLEL
         cc_max_files: int = _D.cc_max_files,
         cc_first_file: int = _D.cc_first_file,
         cc_shards: int = _D.cc_shards,
+        hf_shards: int = _D.hf_shards,
+        dedup_tasks: int = _D.dedup_tasks,
         near_dedup: bool = _D.near_dedup,
         dedup_threshold: float = _D.dedup_threshold,
         val_fraction: float = _D.val_fraction,
@@ -188,7 +238,8 @@ def build_pipeline(checkpoint_pvc: str = "", parallelism: int = DEFAULT_PARALLEL
         hf.set_caching_options(True)
         hf.set_retry(num_retries=3, backoff_duration="30s")  # remote sources fail transiently
         # The merge splits train/validation across all sources, so the crawl's dataset stays in one split.
-        plan, cc = _common_crawl_tasks({name: knobs[name] for name in CC_KNOBS}, 0.0, parallelism, image)
+        plan, cc = _common_crawl_tasks({name: knobs[name] for name in CC_KNOBS}, 0.0, parallelism, image,
+                                       dedup_stages)
         plan.after(start)
 
         split = merge_dedup_split(params=params, run=run, hf_data=hf.outputs["data"], cc_data=cc.outputs["data"])

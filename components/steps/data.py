@@ -18,9 +18,12 @@ import mlflow
 from components.params import PipelineParams
 from components.steps import tracking
 from components.steps.base import REUSED_TAG, RunRef, log_config, read_manifest, reuse_or_run, step_run, text_digest
+from neuroq.ingest.config import HFSourceConfig
 
 __all__ = [
+    "cluster_duplicates",
     "dedup_common_crawl_shards",
+    "dedup_partition",
     "ingest_common_crawl",
     "ingest_common_crawl_shard",
     "ingest_hf",
@@ -28,6 +31,7 @@ __all__ = [
     "lineage",
     "merge_dedup_split",
     "plan_common_crawl_shards",
+    "plan_dedup_partitions",
 ]
 
 
@@ -42,7 +46,7 @@ def ingest_hf(params: PipelineParams, out_dir: str) -> dict[str, Any]:
         if "bundled" in params.sources:
             bundled = write_bundled_corpus(Path(scratch) / "bundled.jsonl")
             sources.append(params.hf_source_config(bundled_path=str(bundled)))
-        if "huggingface" in params.sources:
+        if "huggingface" in params.sources and params.hf_shards == 1:  # more shards: the sharded stages read it
             sources.append(params.hf_source_config())
         return _ingest(params, sources, out_dir, skipped="data_sources names neither bundled nor huggingface")
 
@@ -53,51 +57,110 @@ def ingest_common_crawl(params: PipelineParams, out_dir: str) -> dict[str, Any]:
     return _ingest(params, sources, out_dir, skipped=_NO_CRAWL)
 
 
-_NO_CRAWL = "data_sources does not name common_crawl"
+_NO_CRAWL = "data_sources names no sharded source (common_crawl, or huggingface with hf_shards > 1)"
 
 
-def plan_common_crawl_shards(params: PipelineParams) -> list[dict[str, int]]:
-    """The shards of the Common Crawl window, one ingest task each (none when common_crawl is not a source).
+def _sharded_sources(params: PipelineParams) -> list[tuple[Any, int]]:
+    """The sources ingested in shards, in the order one process reads them, with their shard counts."""
+    sources: list[tuple[Any, int]] = []
+    if "huggingface" in params.sources and params.hf_shards > 1:
+        sources.append((params.hf_source_config(), params.hf_shards))
+    if "common_crawl" in params.sources:
+        sources.append((params.common_crawl_config(), params.cc_shards))
+    return sources
 
-    With `cc_max_files` set the plan is arithmetic on the parameters; with 0 it reads wet.paths.gz to count.
+
+def plan_common_crawl_shards(params: PipelineParams) -> list[dict[str, Any]]:
+    """The shards of the sharded sources, one ingest task each: the Common Crawl window's contiguous windows of
+    WET files, and a large Hugging Face dataset's contiguous blocks when hf_shards > 1 (first, as one process
+    reads it first). Each item carries its shard's whole ingest config, so a shard task's cache key is its own.
+
+    With `cc_max_files` set the crawl's plan is arithmetic on the parameters; with 0 it reads wet.paths.gz.
     """
     from neuroq.ingest.sharded import plan_shards
 
-    if "common_crawl" not in params.sources:
+    configs = []
+    for source, shards in _sharded_sources(params):
+        if isinstance(source, HFSourceConfig):
+            configs += [replace(source, num_shards=shards, shard_index=i) for i in range(shards)]
+        else:
+            configs += [plan.source(source) for plan in plan_shards(source, shards)]
+    if not configs:
         # One placeholder shard that writes an empty dataset: kfp.local (kfp 2.17) cannot collect the outputs
         # of a ParallelFor over an empty list, so the DAG is the same for every choice of sources.
-        return [{"index": 0, "first_file": 0, "max_files": 0}]
-    return [asdict(plan) for plan in plan_shards(params.common_crawl_config(), params.cc_shards)]
+        return [{"index": 0, "config": ""}]
+    # The config as JSON text: KFP refuses None in a loop item and would turn its integers into floats.
+    return [{"index": index, "config": json.dumps(_crawl_config(params, "shard", source=config).to_dict())}
+            for index, config in enumerate(configs)]
 
 
 def _crawl_config(params: PipelineParams, out_dir: str, val_fraction: float = 0.0, source: Any = None) -> Any:
-    """The ingest config of the crawl: near-dedup across the crawl happens in the shard stages, Parquet output."""
-    config = params.ingest_config([source or params.common_crawl_config()], out_dir)
+    """The ingest config of the sharded sources (near-dedup happens in the shard stages, Parquet output)."""
+    sources = [source] if source is not None else [s for s, _ in _sharded_sources(params)]
+    config = params.ingest_config(sources, out_dir)
     return replace(config, output=replace(config.output, format="parquet", val_fraction=val_fraction))
 
 
-def ingest_common_crawl_shard(params: PipelineParams, shard: Mapping[str, int], out_dir: str) -> dict[str, Any]:
-    """One shard of the window: its WET files through the quality filters, with exact keys and MinHash signatures."""
-    from neuroq.ingest.sharded import ShardPlan, ingest_shard
+def ingest_common_crawl_shard(shard: Mapping[str, Any], out_dir: str) -> dict[str, Any]:
+    """One shard of a sharded source through the quality filters, with exact keys and MinHash signatures."""
+    from neuroq.ingest.config import IngestConfig
+    from neuroq.ingest.sharded import ingest_shard
 
-    if "common_crawl" not in params.sources:
+    if not shard["config"]:
         return _empty_dataset(out_dir, _NO_CRAWL)
     # A ParallelFor item arrives as JSON, where KFP may have turned the integers into floats.
-    plan = ShardPlan(**{name: int(value) for name, value in shard.items()})
-    return ingest_shard(_crawl_config(params, out_dir, source=plan.source(params.common_crawl_config())),
-                        plan.index, out_dir)
+    return ingest_shard(IngestConfig.from_dict(json.loads(shard["config"])), int(shard["index"]), out_dir)
+
+
+def _skipped(dirs: list[str]) -> str | None:
+    """Why the upstream tasks wrote empty datasets (the placeholder shard), or None when they hold data."""
+    manifest = Path(dirs[0]) / "manifest.json"
+    return json.loads(manifest.read_text(encoding="utf-8")).get("skipped") if manifest.exists() else None
+
+
+def plan_dedup_partitions(params: PipelineParams) -> list[dict[str, Any]]:
+    """The cross-shard dedup's partitions (`dedup_tasks` of them), one task each."""
+    from neuroq.ingest.sharded import plan_partitions
+
+    return plan_partitions(params.ingest_config([], "").dedup, params.dedup_tasks)
+
+
+def dedup_partition(params: PipelineParams, partition: Mapping[str, Any], shard_dirs: list[str],
+                    out_dir: str) -> dict[str, Any]:
+    """One partition's exact copies and candidate pairs across every shard."""
+    from neuroq.ingest.sharded import dedup_partition as run
+
+    skipped = _skipped(shard_dirs)
+    if skipped:
+        return _empty_dataset(out_dir, skipped)
+    # KFP may have turned the loop item's integers into floats.
+    partition = {"index": int(partition["index"]), "key_range": [int(bound) for bound in partition["key_range"]],
+                 "bands": [int(band) for band in partition["bands"]]}
+    return run(_crawl_config(params, out_dir), shard_dirs, partition, out_dir)
+
+
+def cluster_duplicates(partition_dirs: list[str], out_dir: str) -> dict[str, Any]:
+    """First seen wins over every partition's pairs: the documents the write step drops."""
+    from neuroq.ingest.sharded import cluster_duplicates as run
+
+    skipped = _skipped(partition_dirs)
+    return _empty_dataset(out_dir, skipped) if skipped else run(partition_dirs, out_dir)
 
 
 def dedup_common_crawl_shards(
-    params: PipelineParams, shard_dirs: list[str], out_dir: str, val_fraction: float = 0.0
+    params: PipelineParams, shard_dirs: list[str], out_dir: str, val_fraction: float = 0.0, drops_dir: str = ""
 ) -> dict[str, Any]:
-    """The shards deduplicated across each other (exact and near), kept documents in crawl order into `out_dir`:
-    what `python -m neuroq.ingest` gives for the whole window in one process."""
-    from neuroq.ingest.sharded import dedup_shards
+    """The shards minus the cluster step's drops (`drops_dir`; without it, every dedup stage runs here), kept
+    documents in shard order into `out_dir`: what `python -m neuroq.ingest` gives for the same sources."""
+    from neuroq.ingest.sharded import dedup_shards, write_deduplicated
 
-    if "common_crawl" not in params.sources:
-        return _empty_dataset(out_dir, _NO_CRAWL)
-    return dedup_shards(_crawl_config(params, out_dir, val_fraction), shard_dirs).manifest
+    skipped = _skipped(shard_dirs)
+    if skipped:
+        return _empty_dataset(out_dir, skipped)
+    config = _crawl_config(params, out_dir, val_fraction)
+    if drops_dir:
+        return write_deduplicated(config, shard_dirs, drops_dir).manifest
+    return dedup_shards(config, shard_dirs).manifest
 
 
 def ingest_summary(manifest: Mapping[str, Any]) -> str:

@@ -54,6 +54,10 @@ class HFSourceConfig:
     cache_dir: str | None = None
     apply_quality_filters: bool = False  # curated sets skip the web-page filters by default
     label: str | None = None  # name in the manifest; default "hf:<path>[/<name>]:<split>"
+    # Read only contiguous block ``shard_index`` of ``num_shards`` (``Dataset.shard``), for one task of the sharded
+    # ingest; row numbers (ids, meta) stay those of the whole split, and max_records / max_chars apply per shard.
+    num_shards: int = 1
+    shard_index: int = 0
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -64,6 +68,15 @@ class HFSourceConfig:
             value = getattr(self, name)
             require(value is None or (is_int(value) and value > 0), f"HFSourceConfig.{name}",
                     "a positive integer or None", value)
+        require(is_int(self.num_shards) and self.num_shards >= 1, "HFSourceConfig.num_shards", "a positive integer",
+                self.num_shards)
+        require(is_int(self.shard_index) and 0 <= self.shard_index < self.num_shards, "HFSourceConfig.shard_index",
+                f"an integer in [0, num_shards={self.num_shards})", self.shard_index)
+        if self.num_shards > 1 and self.streaming:
+            # IterableDataset.shard splits by data files, whose row counts a task cannot know without reading
+            # the earlier shards: its row numbers (the document ids) would not match one process's.
+            raise ConfigError("HFSourceConfig.num_shards > 1 needs streaming=False: a streamed dataset's shards "
+                              "cannot number their rows like one process does")
         require(self.text_sample_by in ("line", "paragraph", "document"), "HFSourceConfig.text_sample_by",
                 "line, paragraph or document", self.text_sample_by)
         if self.template is not None and "{" not in self.template:

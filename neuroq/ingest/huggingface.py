@@ -161,11 +161,17 @@ def iter_huggingface(config: HFSourceConfig, stats: SourceStats | None = None) -
     if available is not None:
         _check_columns(needed, available, label)
         ds = ds.select_columns(needed)
+    first_row = 0
+    if config.num_shards > 1:
+        div, mod = divmod(len(ds), config.num_shards)  # Dataset.shard's contiguous blocks: where this one starts
+        first_row = div * config.shard_index + min(config.shard_index, mod)
+        ds = ds.shard(config.num_shards, config.shard_index, contiguous=True)
     batch_size = min(1000, config.max_records or 1000)
     chars = 0
     rows = itertools.islice(_rows(ds, batch_size), config.max_records)
-    for index, row in enumerate(tqdm(rows, desc=label, unit="rec", total=config.max_records, disable=None)):
-        if index == 0 and available is None:
+    for index, row in enumerate(tqdm(rows, desc=label, unit="rec", total=config.max_records, disable=None),
+                                start=first_row):
+        if index == first_row and available is None:
             _check_columns(needed, list(row), label)
         stats.records_read += 1
         if config.template:

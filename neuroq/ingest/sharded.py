@@ -2,8 +2,13 @@
 
     plan_shards(source, n)           contiguous windows of the WET list (first_file / max_files), one per task
     ingest_shard(config, i, dir)     per shard: source -> quality -> exact keys, MinHash signatures (Parquet)
-    dedup_shards(config, dirs)       across shards: exact copies by key range, LSH band buckets -> verified
-                                     candidate pairs, first-seen-wins over the pairs, then the kept documents
+    plan_partitions(dedup, n)        the cross-shard dedup in n partitions: a range of exact-key prefixes and
+                                     a group of LSH bands each
+    dedup_partition(config, dirs, p) per partition, over every shard: exact copies in its key range, verified
+                                     candidate pairs in its bands (Parquet)
+    cluster_duplicates(dirs, out)    every partition's pairs -> first-seen-wins -> the dropped documents
+    write_deduplicated(config, ...)  the shards' documents minus the drops, shard by shard, like run_ingest
+    dedup_shards(config, dirs)       the last three one after another in one process (same code)
 
 A shard folder holds ``shard.json`` (its counts), ``docs.parquet`` (each text the first time the shard sees it,
 in source order), ``keys.parquet`` (exact keys sorted, with how many copies the shard saw) and
@@ -11,7 +16,7 @@ in source order), ``keys.parquet`` (exact keys sorted, with how many copies the 
 follows datatrove's MinHash stages (signatures -> buckets -> clusters -> filter): a bucket stage reads one band
 of every shard as a k-way merge of sorted files, so its memory is one batch per shard plus the largest group of
 equal band keys; the exact stage does the same per range of key prefixes; only the cluster step sees the whole
-crawl, and then only its candidate pairs.
+crawl, and then only its candidate pairs; the write step holds one shard's drops at a time.
 
 Why the answer equals one process's. Documents are numbered by (shard, position), which is the order
 ``run_ingest`` reads them in, since shards are contiguous windows. One process keeps a document unless an
@@ -31,6 +36,7 @@ import itertools
 import json
 import logging
 import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -45,18 +51,21 @@ import pyarrow.parquet as pq
 
 from neuroq.errors import ConfigError
 from neuroq.ingest.commoncrawl import list_wet_files
-from neuroq.ingest.config import CommonCrawlConfig, IngestConfig
+from neuroq.ingest.config import CommonCrawlConfig, DedupConfig, IngestConfig
 from neuroq.ingest.dedup import MinHasher, exact_key
 from neuroq.ingest.document import Document
 from neuroq.ingest.pipeline import IngestResult, SourceRun, publish, stage_counts, staged_folder, write_json
 from neuroq.ingest.quality import QualityFilter
 
-__all__ = ["ShardPlan", "dedup_shards", "first_seen_wins", "ingest_shard", "plan_shards", "read_shard_manifest"]
+__all__ = ["ShardPlan", "cluster_duplicates", "dedup_partition", "dedup_shards", "first_seen_wins", "ingest_shard",
+           "plan_partitions", "plan_shards", "read_shard_manifest", "write_deduplicated"]
 
 logger = logging.getLogger(__name__)
 
 SHARD_MANIFEST = "shard.json"
 SHARD_FORMAT = "neuroq-ingest-shard"
+PARTITION_MANIFEST, PARTITION_FORMAT = "partition.json", "neuroq-dedup-partition"
+CLUSTER_MANIFEST, CLUSTER_FORMAT = "cluster.json", "neuroq-dedup-cluster"
 _POSITION_BITS = 40  # a document id is shard << 40 | position: 10^12 documents per shard, 2^23 shards
 _BATCH_ROWS = 8192  # rows per Parquet row group and per read batch: what a stage holds of each shard at a time
 _KEY_PREFIX_SPACE = 1 << 16  # exact-key ranges are ranges of the keys' first two bytes
@@ -174,13 +183,16 @@ def _write_shard(config: IngestConfig, index: int, root: Path) -> dict[str, Any]
 
 
 def read_shard_manifest(shard_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    path = Path(shard_dir) / SHARD_MANIFEST
+    return _read_json(Path(shard_dir) / SHARD_MANIFEST, SHARD_FORMAT, "ingest_shard")
+
+
+def _read_json(path: Path, expected: str, writer: str) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path} is not a shard manifest ({exc}): pass folders written by ingest_shard") from exc
-    if manifest.get("format") != SHARD_FORMAT:
-        raise ConfigError(f"{path} is not a shard manifest: its format is {manifest.get('format')!r}")
+        raise ConfigError(f"{path} is not a {expected} manifest ({exc}): pass folders written by {writer}") from exc
+    if manifest.get("format") != expected:
+        raise ConfigError(f"{path} is not a {expected} manifest: its format is {manifest.get('format')!r}")
     return manifest
 
 
@@ -253,46 +265,131 @@ def _resolve(near_dropped: set[int], copies: np.ndarray) -> dict[int, str]:
     return reasons
 
 
+def plan_partitions(dedup: DedupConfig, num_partitions: int) -> list[dict[str, Any]]:
+    """The cross-shard dedup split into ``num_partitions`` tasks: each one range of exact-key prefixes and every
+    ``num_partitions``-th LSH band (none past the band count), so each reads only its part of every shard."""
+    if not isinstance(num_partitions, int) or not 1 <= num_partitions <= _KEY_PREFIX_SPACE:
+        raise ConfigError(f"dedup partitions must be an integer in [1, {_KEY_PREFIX_SPACE}], got {num_partitions!r}")
+    bounds = np.linspace(0, _KEY_PREFIX_SPACE, num_partitions + 1).astype(int).tolist() if dedup.exact else None
+    bands = len(MinHasher(dedup).bands) if dedup.near else 0
+    return [{"index": index, "key_range": bounds[index:index + 2] if bounds else [],
+             "bands": list(range(index, bands, num_partitions))} for index in range(num_partitions)]
+
+
+_PAIRS_SCHEMA = pa.schema([("document", pa.int64()), ("other", pa.int64())])
+
+
+def _pairs_table(pairs: np.ndarray) -> pa.Table:
+    return pa.table({"document": pairs[:, 0], "other": pairs[:, 1]}, schema=_PAIRS_SCHEMA)
+
+
+def _read_pairs(paths: Sequence[Path]) -> np.ndarray:
+    tables = [pq.read_table(path) for path in paths]
+    arrays = [np.column_stack([t.column("document").to_numpy(), t.column("other").to_numpy()]) for t in tables]
+    return np.concatenate(arrays).astype(np.int64) if arrays else np.zeros((0, 2), dtype=np.int64)
+
+
+def dedup_partition(config: IngestConfig, shard_dirs: Sequence[str | os.PathLike[str]], partition: dict[str, Any],
+                    out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """One partition of ``plan_partitions`` over every shard: ``copies.parquet`` (document, first copy) of its key
+    range and ``pairs.parquet`` (later, earlier) verified in its bands. Memory: one batch per shard, the largest
+    group of equal keys, and its own pairs."""
+    dirs = _shard_dirs(config, shard_dirs)
+    started = time.perf_counter()
+    copies = exact_copies(dirs, tuple(partition["key_range"])) if partition["key_range"] else np.zeros((0, 2), np.int64)
+    hasher = MinHasher(config.dedup) if partition["bands"] else None
+    pairs = [band_pairs(dirs, band, hasher) for band in partition["bands"]] if hasher else []
+    pairs_array = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
+    report = {"format": PARTITION_FORMAT, **partition, "exact_copies": len(copies),
+              "candidate_pairs": len(pairs_array), "seconds": round(time.perf_counter() - started, 3)}
+    with staged_folder(Path(out_dir)) as staging:
+        _write_table(staging / "copies.parquet", _pairs_table(copies))
+        _write_table(staging / "pairs.parquet", _pairs_table(pairs_array))
+        write_json(staging / PARTITION_MANIFEST, report)
+    return report
+
+
+def cluster_duplicates(partition_dirs: Sequence[str | os.PathLike[str]],
+                       out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Every partition's pairs and copies -> ``drops.parquet`` (document, reason), sorted by document.
+
+    First seen wins over the pairs (``first_seen_wins``), then each copy follows its first copy. Memory follows
+    the pairs and the copies found across shards, never the documents kept.
+    """
+    reports = [_read_json(Path(d) / PARTITION_MANIFEST, PARTITION_FORMAT, "dedup_partition") for d in partition_dirs]
+    started = time.perf_counter()
+    folders = [Path(d) for d in partition_dirs]
+    copies = _read_pairs([d / "copies.parquet" for d in folders])
+    pairs = _read_pairs([d / "pairs.parquet" for d in folders])
+    reasons = _resolve(first_seen_wins(pairs), copies)
+    documents = np.array(sorted(reasons), dtype=np.int64)
+    report = {"format": CLUSTER_FORMAT, "partitions": len(reports), "exact_copies_across_shards": len(copies),
+              "candidate_pairs": len(pairs), "drops": len(documents),
+              "seconds": round(time.perf_counter() - started + sum(r["seconds"] for r in reports), 3)}
+    with staged_folder(Path(out_dir)) as staging:
+        _write_table(staging / "drops.parquet", pa.table({
+            "document": documents, "reason": pa.array([reasons[d] for d in documents.tolist()], pa.string())}))
+        write_json(staging / CLUSTER_MANIFEST, report)
+    logger.info("dedup across shards: %d exact copies, %d candidate pairs, %d drops", len(copies), len(pairs),
+                len(documents))
+    return report
+
+
+def write_deduplicated(config: IngestConfig, shard_dirs: Sequence[str | os.PathLike[str]],
+                       cluster_dir: str | os.PathLike[str]) -> IngestResult:
+    """The shards' documents minus ``cluster_duplicates``' drops into ``config.output``, like ``run_ingest``
+    (train/validation shards, manifest with per-shard counts). Memory: one shard's drops at a time."""
+    dirs = _shard_dirs(config, shard_dirs)
+    manifests = [read_shard_manifest(d) for d in dirs]
+    stages = _read_json(Path(cluster_dir) / CLUSTER_MANIFEST, CLUSTER_FORMAT, "cluster_duplicates")
+    drops = Path(cluster_dir) / "drops.parquet"
+    stages = {"shards": len(dirs), **{key: stages[key] for key in
+                                      ("exact_copies_across_shards", "candidate_pairs", "seconds")}}
+
+    def write(writer: Any) -> list[dict[str, Any]]:
+        entries = []
+        for manifest, folder in zip(manifests, dirs, strict=True):
+            low, high = _document_id(manifest["index"], 0), _document_id(manifest["index"] + 1, 0)
+            table = pq.read_table(drops, filters=[("document", ">=", low), ("document", "<", high)])
+            reasons = dict(zip(table.column("document").to_pylist(), table.column("reason").to_pylist(), strict=True))
+            entries.append(_write_kept(manifest, folder, reasons, writer))
+        # One entry per source, in shard order: shards of one source are contiguous in the plan.
+        labels = list(dict.fromkeys(manifest["source"]["label"] for manifest in manifests))
+        return [{**_merge_reports([m["source"] for m in manifests if m["source"]["label"] == label],
+                                  [e for e, m in zip(entries, manifests, strict=True) if m["source"]["label"] == label]),
+                 "dedup_stages": stages} for label in labels]
+
+    return publish(config, write)
+
+
 def dedup_shards(config: IngestConfig, shard_dirs: Sequence[str | os.PathLike[str]],
                  key_ranges: int = 16) -> IngestResult:
     """Deduplicate shards written by ``ingest_shard`` across each other and write ``config.output`` like
-    ``run_ingest`` (train/validation shards, manifest with per-shard counts).
-
-    The stages run here one after another, each with bounded memory (see the module doc); ``exact_copies`` and
-    ``band_pairs`` take one key range or band each, so an executor can run them as separate tasks.
+    ``run_ingest``: the stages an executor runs as separate tasks (``dedup_partition`` per partition,
+    ``cluster_duplicates``, ``write_deduplicated``), here one after another in one process.
     """
+    dirs = _shard_dirs(config, shard_dirs)
+    out = Path(config.output.output_dir).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.stages-", dir=out.parent) as scratch:
+        folders = []
+        for partition in plan_partitions(config.dedup, key_ranges):
+            folders.append(Path(scratch) / f"partition-{partition['index']}")
+            dedup_partition(config, dirs, partition, folders[-1])
+        cluster_duplicates(folders, Path(scratch) / "cluster")
+        return write_deduplicated(config, dirs, Path(scratch) / "cluster")
+
+
+def _shard_dirs(config: IngestConfig, shard_dirs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The shard folders in shard order, checked to have been written with ``config.dedup``."""
     if not shard_dirs:
-        raise ConfigError("dedup_shards got no shard folders: run ingest_shard for each planned shard first")
-    if not isinstance(key_ranges, int) or not 1 <= key_ranges <= _KEY_PREFIX_SPACE:
-        raise ConfigError(f"key_ranges must be an integer in [1, {_KEY_PREFIX_SPACE}], got {key_ranges!r}")
+        raise ConfigError("no shard folders: run ingest_shard for each planned shard first")
     shards = sorted(((read_shard_manifest(d), Path(d)) for d in shard_dirs), key=lambda item: item[0]["index"])
     for manifest, folder in shards:
         if manifest["dedup"] != dataclasses.asdict(config.dedup):
             raise ConfigError(f"shard {folder} was written with dedup settings {manifest['dedup']}, not "
                               f"{dataclasses.asdict(config.dedup)}: ingest the shards again with this DedupConfig")
-    dirs = [folder for _, folder in shards]
-    started = time.perf_counter()
-    copies = np.zeros((0, 2), dtype=np.int64)
-    if config.dedup.exact:
-        bounds = np.linspace(0, _KEY_PREFIX_SPACE, key_ranges + 1).astype(int)
-        copies = np.concatenate([exact_copies(dirs, (int(lo), int(hi))) for lo, hi in itertools.pairwise(bounds)])
-    pairs = np.zeros((0, 2), dtype=np.int64)
-    if config.dedup.near:
-        hasher = MinHasher(config.dedup)
-        pairs = np.concatenate([band_pairs(dirs, band, hasher) for band in range(len(hasher.bands))])
-    reasons = _resolve(first_seen_wins(pairs), copies)
-    dedup_seconds = time.perf_counter() - started
-    logger.info("dedup across %d shards: %d exact copies, %d candidate pairs, %d drops (%.1fs)", len(dirs),
-                len(copies), len(pairs), len(reasons), dedup_seconds)
-
-    def write(writer: Any) -> list[dict[str, Any]]:
-        entries = [_write_kept(manifest, folder, reasons, writer) for manifest, folder in shards]
-        report = _merge_reports([manifest["source"] for manifest, _ in shards], entries)
-        report["dedup_stages"] = {"shards": len(dirs), "exact_copies_across_shards": len(copies),
-                                  "candidate_pairs": len(pairs), "seconds": round(dedup_seconds, 3)}
-        return [report]
-
-    return publish(config, write)
+    return [folder for _, folder in shards]
 
 
 def _write_kept(manifest: dict[str, Any], folder: Path, reasons: dict[int, str], writer: Any) -> dict[str, Any]:

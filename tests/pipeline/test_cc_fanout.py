@@ -27,6 +27,7 @@ from tests.support.s3server import SeaweedS3
 pytestmark = pytest.mark.slow
 
 SHARDS = 4
+DEDUP_TASKS = 3
 
 
 class _RestartOnRetry(logging.Handler):
@@ -81,7 +82,7 @@ def _urls(folder: Path, manifest: dict) -> dict[str, list[str]]:
 def test_fanned_out_crawl_ingest_equals_one_process_through_a_failed_attempt_and_a_cached_rerun(crawl_s3, tmp_path):
     params = PipelineParams(data_sources="common_crawl", cc_crawl_id=WIDE_CRAWL_ID,
                             cc_endpoint_url=crawl_s3.endpoint_url, cc_max_records=0, cc_max_files=10,
-                            cc_shards=SHARDS, val_fraction=0.25)
+                            cc_shards=SHARDS, dedup_tasks=DEDUP_TASKS, val_fraction=0.25)
     single_config = params.ingest_config([params.common_crawl_config()], str(tmp_path / "single"))
     single_config = dataclasses.replace(single_config, output=dataclasses.replace(
         single_config.output, format="parquet", val_fraction=params.val_fraction))
@@ -115,7 +116,12 @@ def test_fanned_out_crawl_ingest_equals_one_process_through_a_failed_attempt_and
     text = summary.read_text()
     assert "| dedup |" in text and "wet_files_unreadable" in text and text.count("\n| 3 |") == 1
 
-    # Same parameters again: plan, shard tasks and dedup all come from kfp.local's cache (one entry each), so the
-    # rerun writes no task output at all.
-    assert len(list((tmp_path / "kfp" / ".kfp_cache").glob("*.json"))) == 1 + SHARDS + 1
+    # The dedup fanned out: each partition task found its own pairs, the cluster step saw them all.
+    reports = [json.loads(path.read_text()) for path in first.glob("**/dedup-partition/pairs/partition.json")]
+    assert sorted(report["index"] for report in reports) == list(range(DEDUP_TASKS))
+    assert sum(report["candidate_pairs"] for report in reports) == source["dedup_stages"]["candidate_pairs"] > 0
+
+    # Same parameters again: plan, shard tasks, the dedup stages and the write all come from kfp.local's cache
+    # (one entry each), so the rerun writes no task output at all.
+    assert len(list((tmp_path / "kfp" / ".kfp_cache").glob("*.json"))) == 1 + SHARDS + 1 + DEDUP_TASKS + 1 + 1
     assert second == []

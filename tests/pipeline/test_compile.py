@@ -14,6 +14,7 @@ from pipelines.pipeline import (
     CC_SHARD_RESOURCES,
     CC_SHARD_RETRIES,
     CHECKPOINT_MOUNT,
+    DEDUP_PARTITION_RESOURCES,
     DEFAULT_PARALLELISM,
     RUN_PARAMETERS,
     TRAIN_RESOURCES,
@@ -119,6 +120,21 @@ def test_compiled_yaml_fans_the_crawl_out_over_shard_tasks_with_their_parallelis
     assert artifacts == {"taskOutputArtifact": {"outputArtifactKey": "pipelinechannel--ingest-cc-shard-data",
                                                 "producerTask": loop_name}}
     assert spec["root"]["inputDefinitions"]["parameters"]["cc_shards"]["defaultValue"] == PipelineParams().cc_shards
+    # The dedup across shards fans out too: a sub-DAG with its own ParallelFor of partition tasks, each given every
+    # shard, then the cluster step; the write takes the shards and the drops.
+    stages = spec["components"][tasks["dedup-stages"]["componentRef"]["name"]]["dag"]["tasks"]
+    assert tasks["dedup-stages"]["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]["producerTask"] == loop_name
+    [partition_loop] = [task for task in stages.values() if "parameterIterator" in task]
+    assert partition_loop["iteratorPolicy"] == {"parallelismLimit": 16}
+    partition_task = spec["components"][partition_loop["componentRef"]["name"]]["dag"]["tasks"]["dedup-partition"]
+    assert partition_task["cachingOptions"] == {"enableCache": True}
+    label = spec["components"][partition_task["componentRef"]["name"]]["executorLabel"]
+    resources = spec["deploymentSpec"]["executors"][label]["container"]["resources"]
+    assert resources["resourceMemoryLimit"] == DEDUP_PARTITION_RESOURCES["memory_limit"]
+    assert resources["resourceCpuRequest"] == DEDUP_PARTITION_RESOURCES["cpu_request"]
+    assert "cluster-duplicates" in stages
+    assert tasks["ingest-common-crawl"]["inputs"]["artifacts"]["drops"]["taskOutputArtifact"]["producerTask"] == \
+        "dedup-stages"
     # Without the option: the default parallelism.
     assert main(["compile", "--out", str(out)]) == 0
     default_loop = yaml.safe_load_all(out.read_text()).__next__()["root"]["dag"]["tasks"][loop_name]

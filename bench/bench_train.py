@@ -43,6 +43,7 @@ import gzip
 import json
 import logging
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -128,28 +129,30 @@ def throughput(args: argparse.Namespace, configs: dict[str, NeuroQConfig]) -> di
     ``args.profile``, the top kernels of ``args.profile_steps`` more steps.
 
     The timed steps are interleaved (gpt, layered, brain, gpt, ...), so a load that comes and goes on a shared
-    machine slows every mode alike and the ratios to gpt hold; timed one mode after another, a 2-core machine's
+    machine slows every mode alike, and each mode's rate is taken from its median step, so a neighbour's burst
+    during a few steps does not move it: timed one mode after another with the mean, a 2-core machine's
     neighbours moved gpt alone by 12% between two runs.
     """
     trainers = {mode: Trainer(args, config) for mode, config in configs.items()}
     for trainer in trainers.values():
         for _ in range(args.warmup):
             trainer.step()
-    elapsed = dict.fromkeys(trainers, 0.0)
+    times: dict[str, list[float]] = {mode: [] for mode in trainers}
     for _ in range(args.steps):
         for mode, trainer in trainers.items():
-            elapsed[mode] += trainer.timed_step()
+            times[mode].append(trainer.timed_step())
     rows: dict[str, dict[str, Any]] = {}
     for mode, trainer in trainers.items():
         model = trainer.model
-        tps = args.steps * trainer.tokens_per_step / elapsed[mode]
+        step_s = statistics.median(times[mode])
+        tps = trainer.tokens_per_step / step_s
         row: dict[str, Any] = {
             "params": float(model.num_params(non_embedding=False)),
             "non_embedding": float(model.num_params()),
             "flops_per_token": model.flops_per_token(),
             "tokens_per_s": tps,
             "flops_per_s": model.flops_per_token() * tps,
-            "step_ms": 1000 * elapsed[mode] / args.steps,
+            "step_ms": 1000 * step_s,
         }
         if args.device == "cuda" or args.peak_flops:
             row["mfu"] = model.estimate_mfu(tps, args.peak_flops or H100_BF16_DENSE)
@@ -186,12 +189,12 @@ def throughput_table(args: argparse.Namespace, preset: str | None = None) -> str
             if preset else f"E{first.n_embd}, F{first.n_ff}, {first.n_head} heads, {first.n_layer} layers")
     lines = [
         f"Training throughput: {size}, {args.device}, {'bf16 autocast' if args.device == 'cuda' else 'fp32'}, "
-        f"batch {args.batch_size} x {first.max_seq_len} tokens, {args.steps} timed steps per mode (interleaved) after "
-        f"{args.warmup} warm-up"
+        f"batch {args.batch_size} x {first.max_seq_len} tokens, median of {args.steps} timed steps per mode "
+        f"(interleaved) after {args.warmup} warm-up"
         f"{', torch.compile' if args.compile else ''}"
         + (f", {torch.get_num_threads()} CPU threads" if args.device == "cpu" else f", {torch.cuda.get_device_name()}"),
         "",
-        "| mode | params (M) | non-emb. params (M) | GFLOP/token | tokens/s | ms/step | achieved TFLOP/s "
+        "| mode | params (M) | non-emb. params (M) | GFLOP/token | tokens/s | median ms/step | achieved TFLOP/s "
         "| tokens/s vs gpt | FLOP/s vs gpt | MFU |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]

@@ -147,15 +147,17 @@ class BrainNeuronLayer(nn.Module):
         return 2 * (self.steps - 1) * self.W.numel()
 
     def forward(self, x: Tensor) -> Tensor:
-        W, J = self.W * self.mask, self.J * self.mask
+        # The gain scales the N x N matrix, not each step's (tokens x N) product: the same maths in one fused
+        # addcmul instead of two passes over the activations.
+        W, J = self.W * self.mask, self.J * self.mask * self.gain
         s = self.inp(x)
         for _ in range(self.steps):
             u = torch.tanh(s)
-            pre = s @ W + self.gain * u * (u @ J)
+            pre = torch.addcmul(s @ W, u, u @ J)
             if self.training:
                 # In pre's dtype: the fp32 theta would otherwise promote a bf16 step (and what follows) to fp32.
                 temperature = (0.1 * torch.sin(2 * self.theta).abs()).to(pre.dtype)
-                pre = pre + temperature * torch.randn_like(pre)
+                pre = pre.addcmul(temperature, torch.randn_like(pre))
             s = torch.tanh(pre)
         return self.out(s)
 
@@ -211,8 +213,8 @@ class CausalSelfAttention(nn.Module):
         if self.refine is not None:
             # f_a acts on each token alone: one call on q and k stacked is the two calls' maths in half the
             # launches, with GEMMs twice as tall.
-            refined = BRAIN_REFINE_SCALE * self.refine(torch.cat([q, k]))
-            q, k = q + refined[:B], k + refined[B:]
+            refined = self.refine(torch.cat([q, k]))
+            q, k = q.add(refined[:B], alpha=BRAIN_REFINE_SCALE), k.add(refined[B:], alpha=BRAIN_REFINE_SCALE)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
         q_dot, k_dot = (q, k) if rope is None else (rotate(q, rope), rotate(k, rope))
         k_feat = torch.cat([k_dot, torch.tanh(k)], dim=-1) if self.entangled else k_dot
@@ -233,8 +235,10 @@ class CausalSelfAttention(nn.Module):
         scale = None
         width = v.size(-1)
         if self.entangled:
-            q_dot = torch.cat([q_dot * self.head_dim**-0.5, self.lambda_attn * (torch.tanh(q) @ self.J)], dim=-1)
-            scale = 1.0
+            # SDPA's scale 1/sqrt(d) applies to both halves, so the QBNN half carries lambda * sqrt(d): folded into
+            # the (n_head, d, d) matrix J rather than applied to q and to the (tokens x d) product.
+            q_dot = torch.cat([q_dot, torch.tanh(q) @ (self.lambda_attn * self.head_dim**0.5 * self.J)], dim=-1)
+            scale = self.head_dim**-0.5
             if mask is None:
                 # The flash kernels (CUDA and CPU) need values as wide as keys; with d-wide values SDPA falls back
                 # to a slower kernel (CPU: the math one, which materialises S). Zero columns in v add zero columns
@@ -294,9 +298,10 @@ class QBNNLayer(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         h_lin = self.linear(h)
-        delta = torch.tanh(h_lin) * (torch.tanh(h) @ self.J)
         lam = self.lambda_min + (self.lambda_max - self.lambda_min) * torch.sigmoid(self.lambda_base)
-        return F.gelu(self.norm(h_lin + lam * delta))
+        # lambda scales J (in x out), not the (tokens x out) product: one fused addcmul, and lambda's gradient
+        # sums over J's elements instead of over every token's.
+        return F.gelu(self.norm(torch.addcmul(h_lin, torch.tanh(h_lin), torch.tanh(h) @ (lam * self.J))))
 
 
 class QBNNBranch(nn.Module):
@@ -354,7 +359,7 @@ class Block(nn.Module):
         u = self.ln2(x)
         if self.qbnn is None:
             return x + self.ffn(u), present
-        return x + FFN_WEIGHT * self.ffn(u) + QBNN_WEIGHT * self.qbnn(u), present
+        return x.add(self.ffn(u), alpha=FFN_WEIGHT).add(self.qbnn(u), alpha=QBNN_WEIGHT), present
 
 
 Mode = Literal["layered", "brain", "gpt"]

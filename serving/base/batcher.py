@@ -41,6 +41,14 @@ class MicroBatcher:
     cut into batches of at most `batch_size` sequences and `batch_tokens` padded tokens, which keeps
     padding low; results go back to each request in its own order. Only this thread touches the
     model, so the model needs no lock.
+
+    On a CPU the thread ends once it has had no work for `idle_ms`, and the next request starts another. Its
+    torch calls own an OpenMP team (OMP_NUM_THREADS - 1 threads) for as long as it lives, and libgomp
+    counts every such thread of the process, idle ones included: once they outnumber the CPUs, all of
+    them sleep between parallel regions instead of spinning, and each of a forward pass' regions then
+    waits for a wake-up. On 2 CPUs, a front that had loaded NeuroQ beside an embedding model kept the
+    loading thread's team (and after a completion the generation thread's) beside the embedding thread's,
+    and answered batch-1 embeddings 20% slower than a server of that model alone (bench/RESULTS.md).
     """
 
     def __init__(self, run_batch: Callable[[list], Sequence], config: BatchConfig, name: str = "serving-batcher"):
@@ -78,10 +86,17 @@ class MicroBatcher:
             self._cond.notify_all()
         return job
 
-    def _gather(self) -> list[_Job]:
+    def _gather(self) -> list[_Job] | None:
+        """The jobs of the next round, or None when none came for `idle_ms` (the thread then ends)."""
         with self._cond:
+            idle_ms = self._config.idle_ms
+            idle_until = None if idle_ms is None else time.monotonic() + idle_ms / 1000
             while not self._queue:
-                self._cond.wait()
+                remaining = None if idle_until is None else idle_until - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    self._thread = None  # under the lock: the next _submit starts a new thread
+                    return None
+                self._cond.wait(remaining)
             jobs = [self._queue.popleft()]
             n_items = len(jobs[0].items)
             deadline = time.monotonic() + self._config.wait_ms / 1000
@@ -97,8 +112,7 @@ class MicroBatcher:
             return jobs
 
     def _loop(self) -> None:
-        while True:
-            jobs = self._gather()
+        while (jobs := self._gather()) is not None:
             try:
                 for batch in self._plan(jobs):
                     outputs = self._run_batch([jobs[j].items[i] for j, i in batch])

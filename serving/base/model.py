@@ -11,9 +11,11 @@ malformed bodies with 4xx (scoring_guard.py).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import mlflow.pyfunc
@@ -22,7 +24,7 @@ from serving.base import scoring_guard
 from serving.base.batcher import MicroBatcher
 from serving.base.integrity import verify_logged_model
 from serving.base.request import RequestError, plain, shorten_in_place
-from serving.base.settings import BatchConfig, Limits
+from serving.base.settings import BatchConfig, Limits, pick_device
 
 # MLflow suggests type hints on `predict` for every PythonModel subclass it sees defined; these models take the
 # raw OpenAI / Cohere bodies on purpose and are logged without a signature (log_model.py), so the advice only adds
@@ -39,8 +41,16 @@ class ServingModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         verify_logged_model(context)
         self.limits = Limits.from_env()
-        self.batcher = MicroBatcher(self.run_batch, BatchConfig.from_env(), name=type(self).__name__)
-        self.load(context)
+        batching = BatchConfig.from_env()
+        if pick_device() != "cpu":
+            # The model thread stays: torch records CUDA graphs per thread (a new one would record them again), and
+            # the OpenMP teams its ending hands back matter on CPUs only.
+            batching = dataclasses.replace(batching, idle_ms=None)
+        self.batcher = MicroBatcher(self.run_batch, batching, name=type(self).__name__)
+        # On a thread that ends with it: the OpenMP team that loading's torch calls start (a random init, a
+        # copy) goes with that thread instead of idling for good beside the model thread's (batcher.py).
+        with ThreadPoolExecutor(1, thread_name_prefix=f"{type(self).__name__}-load") as loader:
+            loader.submit(self.load, context).result()
         scoring_guard.install(self.limits)
 
     # No type hints on predict: mlflow would turn them into a signature and then reject the raw

@@ -12,6 +12,7 @@ ValueError naming the variable). The shared limits and batching knobs (defaults 
   NEUROQ_SERVING_BATCH_SIZE        [32]      sequences per forward pass
   NEUROQ_SERVING_BATCH_TOKENS      [16384]   padded tokens (sequences x longest) per forward pass
   NEUROQ_SERVING_BATCH_WAIT_MS     [5]       how long the batcher waits for requests that are being parsed
+  NEUROQ_SERVING_BATCH_IDLE_MS     [200]     how long a model thread waits for work before it ends (CPU only)
   NEUROQ_SERVING_DEVICE            [cuda if available, else cpu]
 
 Generation adds its own (generation/settings.py).
@@ -83,6 +84,10 @@ class BatchConfig(EnvSettings):
     batch_size: int = setting("BATCH_SIZE", 32, minimum=1)
     batch_tokens: int = setting("BATCH_TOKENS", 16_384, minimum=1)
     wait_ms: float = setting("BATCH_WAIT_MS", 5.0, minimum=0.0)
+    # How long a model thread waits for work before it ends, handing back its OpenMP threads (batcher.py): long
+    # enough that a steady client keeps it, short enough that a model called now and then does not keep another
+    # model's waits from spinning. None: never (a model on a GPU, see model.py).
+    idle_ms: float | None = setting("BATCH_IDLE_MS", 200.0, minimum=0.0)
 
 
 def pick_device() -> str:

@@ -3,6 +3,7 @@ environment, echo shortening and the cross-request micro-batcher."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -262,3 +263,27 @@ def test_a_model_error_reaches_the_waiting_requests_and_the_batcher_survives():
     with pytest.raises(RuntimeError, match="model failed"):
         run(batcher, ["boom"])
     assert run(batcher, ["ok"]) == ["ok"]
+
+
+def test_an_idle_model_thread_ends_and_its_openmp_threads_with_it():
+    """libgomp counts every OpenMP thread of the process, idle or not, and stops spinning between parallel regions
+    once they outnumber the CPUs: a model that is not called must not keep its team (batcher.py)."""
+    import torch
+
+    def matmul(batch):
+        torch.ones(512, 512) @ torch.ones(512, 512)  # a parallel region: this thread gets its OpenMP team
+        return batch
+
+    def os_threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    before = os_threads()
+    batcher = MicroBatcher(matmul, BatchConfig(wait_ms=0, idle_ms=50))
+    assert run(batcher, ["a"]) == ["a"]
+    # the model thread, and its team's OMP_NUM_THREADS - 1 threads
+    assert os_threads() >= before + torch.get_num_threads()
+    deadline = time.monotonic() + 10
+    while os_threads() > before:
+        assert time.monotonic() < deadline, f"{os_threads()} threads, {before} before the first request"
+        time.sleep(0.02)
+    assert run(batcher, ["b"]) == ["b"]  # on a new model thread

@@ -80,6 +80,13 @@ class TransformerRunner:
     def tokenize_pairs(self, pairs: list[tuple[str, str]]) -> list[Tokenized]:
         return [Tokenized(e.ids, e.type_ids) for e in self._tokenizer.encode_batch(pairs)]
 
+    def first_tokens(self, texts: list[str], n: int) -> list[str]:
+        """Each text up to the end of its n-th token (special tokens not counted), the way Cohere's
+        max_tokens_per_doc cuts a document. Cut as text, so the model's own pair / prefix tokenisation still
+        applies to what is left."""
+        encoded = self._tokenizer.encode_batch(texts, add_special_tokens=False)
+        return [t[:e.offsets[n - 1][1]] if len(e.ids) > n else t for t, e in zip(texts, encoded, strict=True)]
+
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` alone, without special tokens or truncation (to size a prefix)."""
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids) if text else 0

@@ -30,11 +30,14 @@ class RerankModel(ServingModel):
         return parse_rerank_request(body, self.limits)
 
     def prepare(self, request: RerankRequest) -> list:
+        documents = request.documents
+        if request.max_tokens_per_doc is not None:
+            documents = self.runner.first_tokens(documents, request.max_tokens_per_doc)
         if self.scorer == CROSS_ENCODER:
-            items = self.runner.tokenize_pairs([(request.query, d) for d in request.documents])
+            items = self.runner.tokenize_pairs([(request.query, d) for d in documents])
         else:
             query = with_prefix([request.query], self.query_prefix)
-            items = self.runner.tokenize(query + with_prefix(request.documents, self.document_prefix))
+            items = self.runner.tokenize(query + with_prefix(documents, self.document_prefix))
         check_total_tokens(sum(map(len, items)), "documents", self.limits)
         return items
 

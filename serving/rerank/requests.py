@@ -12,6 +12,8 @@ Rerank body:
   model             str                        accepted for client compatibility
   top_n (or top_k)  int >= 1                   how many results; default all, more than sent is all
   return_documents  bool                       default false: include {"text"} in each result
+  max_tokens_per_doc int >= 1                  Cohere v2: each document is cut after its first n tokens (of
+                                               the model's tokenizer, special tokens not counted) before scoring
 Response: {"model", "results": [{"index", "relevance_score", "document": {"text"}}], "usage":
 {"prompt_tokens", "total_tokens"}}, best first.
 """
@@ -35,7 +37,7 @@ from serving.base.settings import Limits
 
 __all__ = ["FIELDS", "RerankRequest", "parse_rerank_request"]
 
-FIELDS = ("query", "documents", "model", "top_n", "top_k", "return_documents")
+FIELDS = ("query", "documents", "model", "top_n", "top_k", "return_documents", "max_tokens_per_doc")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class RerankRequest:
     documents: list[str]
     top_n: int
     return_documents: bool = False
+    max_tokens_per_doc: int | None = None
 
 
 def parse_rerank_request(body, limits: Limits) -> RerankRequest:
@@ -74,6 +77,7 @@ def parse_rerank_request(body, limits: Limits) -> RerankRequest:
         documents=texts,
         top_n=min(wanted or len(texts), len(texts)),
         return_documents=bool(optional_bool(body, "return_documents")),
+        max_tokens_per_doc=optional_int(body, "max_tokens_per_doc", minimum=1),
     )
 
 

@@ -14,9 +14,13 @@ DOCUMENTS = ["猫はかわいい動物です。", "東京は日本の首都で�
 
 
 @pytest.fixture(scope="module")
-def expected_scores(tiny_cross_encoder_dir) -> np.ndarray:
-    model = CrossEncoder(str(tiny_cross_encoder_dir), device="cpu", local_files_only=True)
-    return model.predict([(QUERY, d) for d in DOCUMENTS])
+def cross_encoder(tiny_cross_encoder_dir) -> CrossEncoder:
+    return CrossEncoder(str(tiny_cross_encoder_dir), device="cpu", local_files_only=True)
+
+
+@pytest.fixture(scope="module")
+def expected_scores(cross_encoder) -> np.ndarray:
+    return cross_encoder.predict([(QUERY, d) for d in DOCUMENTS])
 
 
 def rerank(servers, body, envelope="input"):
@@ -72,6 +76,26 @@ def test_return_documents_adds_each_text_and_text_objects_are_accepted(servers):
     assert {r["index"]: r["document"] for r in results} == {i: {"text": d} for i, d in enumerate(DOCUMENTS)}
 
 
+def test_max_tokens_per_doc_scores_the_first_tokens_of_each_document(servers, cross_encoder):
+    """Cohere v2's max_tokens_per_doc: the score is the model's score of the document's first n tokens (as its own
+    tokenizer splits it); the whole document comes back."""
+    heads = []
+    for document in DOCUMENTS:
+        encoded = cross_encoder.tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)
+        heads.append(document[:encoded["offset_mapping"][2][1]] if len(encoded["input_ids"]) > 3 else document)
+    assert heads != DOCUMENTS
+    expected = cross_encoder.predict([(QUERY, head) for head in heads])
+
+    answer = rerank(servers, {"query": QUERY, "documents": DOCUMENTS, "max_tokens_per_doc": 3,
+                              "return_documents": True})
+
+    for r in answer["results"]:
+        assert r["relevance_score"] == pytest.approx(float(expected[r["index"]]), abs=1e-5)
+        assert r["document"]["text"] == DOCUMENTS[r["index"]]
+    whole = rerank(servers, {"query": QUERY, "documents": DOCUMENTS})
+    assert answer["usage"]["prompt_tokens"] < whole["usage"]["prompt_tokens"]
+
+
 def test_a_bare_cohere_body_is_refused_by_mlflow_itself(servers):
     response = invoke(servers.rerank, {"query": QUERY, "documents": DOCUMENTS})
 
@@ -94,6 +118,7 @@ def test_a_bare_cohere_body_is_refused_by_mlflow_itself(servers):
         ({"query": QUERY, "documents": DOCUMENTS, "top_k": -1}, "top_k"),
         ({"query": QUERY, "documents": DOCUMENTS, "top_n": 1, "top_k": 2}, "top_k"),
         ({"query": QUERY, "documents": DOCUMENTS, "return_documents": "yes"}, "return_documents"),
+        ({"query": QUERY, "documents": DOCUMENTS, "max_tokens_per_doc": 0}, "max_tokens_per_doc"),
         ({"query": QUERY, "documents": ["猫"] * 17}, "documents"),
         ({"query": QUERY, "documents": ["猫" * 2001]}, "documents[0]"),
         ({"query": QUERY, "documents": ["猫はかわいい動物で、よく眠ります。" * 5] * 8}, "documents"),  # > 200 tokens

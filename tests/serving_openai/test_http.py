@@ -71,9 +71,30 @@ def test_cohere_v2_sdk_reranks_through_v2_rerank(front, auth):
         [(r["index"], r["relevance_score"]) for r in expected]
 
 
+def test_cohere_v2_sdk_max_tokens_per_doc_scores_each_document_cut_to_its_first_tokens(front, auth):
+    """The model's own parsing applies it (as at /invocations): a document cut to the tokens of its head scores as
+    the head alone. How many tokens the head is, the server's usage says: the head cut to 1 token is k - 1 fewer."""
+    cohere = pytest.importorskip("cohere")
+    query, head, tail = SEED_RERANK["query"], "人工知能の進化", "猫について。日本の首都。"
+
+    def rerank_v1(documents, **extra) -> dict:
+        return post(front, "/v1/rerank", auth, json={"query": query, "documents": documents, **extra}).json()
+
+    alone = rerank_v1([head])
+    one_token = rerank_v1([head], max_tokens_per_doc=1)
+    head_tokens = alone["usage"]["prompt_tokens"] - one_token["usage"]["prompt_tokens"] + 1
+    client = cohere.ClientV2(api_key=API_KEY, base_url=front.url)
+    cut = client.rerank(model="ruri-rerank", query=query, documents=[head + tail], max_tokens_per_doc=head_tokens)
+    whole = client.rerank(model="ruri-rerank", query=query, documents=[head + tail])
+    assert cut.results[0].relevance_score == pytest.approx(alone["results"][0]["relevance_score"], abs=1e-6)
+    assert cut.results[0].relevance_score != pytest.approx(whole.results[0].relevance_score, abs=1e-6)
+
+
 def test_rerank_refusals_name_the_field(front, auth):
     assert_error(post(front, "/v1/rerank", auth, json={**SEED_RERANK, "top_n": 0}), 400, "top_n")
     assert_error(post(front, "/v2/rerank", auth, json={"model": "ruri-rerank", "query": "q"}), 400, "documents")
+    assert_error(post(front, "/v2/rerank", auth, json={"model": "ruri-rerank", "query": "q", "documents": ["d"],
+                                                        "max_tokens_per_doc": 0}), 400, "max_tokens_per_doc")
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"{\"input\": \"\xff\"}"])

@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         front.add_argument(f"--{task}", default=SUPPRESS, metavar="MODEL_URI", help=f"e.g. models:/{example}@champion")
     front.add_argument("--host", default=SUPPRESS, help="address to listen on (default: 127.0.0.1)")
     front.add_argument("-p", "--port", type=int, default=SUPPRESS, help="default: 8000")
+    front.add_argument("--workers", type=int, default=SUPPRESS,
+                       help="uvicorn worker processes (default: 1); each loads its own copy of every model")
     front.add_argument("--api-key", default=SUPPRESS,
                        help="require 'Authorization: Bearer KEY' (default: $NEUROQ_SERVING_API_KEY, else none)")
     front.add_argument("--max-body-bytes", type=int, default=SUPPRESS,

@@ -25,8 +25,9 @@ supplies only the driver (through the NVIDIA container toolkit / device plugin).
 bring another Python than the one the model was logged with.
 
 `--openai TASK` makes the image run the OpenAI-compatible front instead (`python -m serving openai --TASK
-NAME=/opt/ml/model` on :8080, from the `serving` package the model carries in `code/`): the model's registered
-name is its id, `/health` its probe, and nginx, which passes only `/ping` and `/invocations`, is not in the path.
+NAME=/opt/ml/model --workers N` on :8080, from the `serving` package the model carries in `code/`): the model's
+registered name is its id, `/health` its probe, and nginx, which passes only `/ping` and `/invocations`, is not in
+the path. `--workers` sets the workers of either server.
 """
 
 from __future__ import annotations
@@ -76,11 +77,12 @@ class DockerfileConfig:
     variant: str = "cpu"  # one of VARIANTS
     # "" = the variant's default: CPU_TORCH_INDEX for cpu, PyPI (CUDA 13 build of torch 2.13) for cuda.
     torch_index_url: str = ""
-    # uvicorn workers per container; scale out with replicas (each worker holds its own copy of the model, and
-    # MLflow's default, one per CPU of the node rather than of the container's limit, overcommits a pod).
+    # uvicorn workers per container, of MLflow's scoring server or of the OpenAI front (its --workers); scale out
+    # with replicas (each worker holds its own copy of the model, and MLflow's default, one per CPU of the node
+    # rather than of the container's limit, overcommits a pod).
     workers: int = 1
-    # "generate" | "embed" | "rerank": the image runs the OpenAI front serving the model as that task (one process:
-    # workers does not apply); "" = MLflow's scoring server.
+    # "generate" | "embed" | "rerank": the image runs the OpenAI front serving the model as that task; "" = MLflow's
+    # scoring server.
     openai: str = ""
 
     def __post_init__(self) -> None:
@@ -171,7 +173,7 @@ def _front_entrypoint(text: str, config: DockerfileConfig) -> str:
                            "front cannot replace it; check serving/docker.py against this MLflow version")
     name = resolve_served_model(config.model_uri, Path(config.model_uri).name).name
     command = ["python", "-m", "serving", "openai", f"--{config.openai}", f"{name}={_MODEL_PATH}",
-               "--host", "0.0.0.0", "-p", str(SERVED_PORT)]
+               "--host", "0.0.0.0", "-p", str(SERVED_PORT), "--workers", str(config.workers)]
     front = "\n".join([
         "# The OpenAI-compatible front (python -m serving openai) from the serving code the model carries; clients",
         f"# call /v1/... on :{SERVED_PORT} and probes GET /health. Set NEUROQ_SERVING_API_KEY to require a key.",
@@ -188,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variant", choices=VARIANTS, default=DockerfileConfig.variant)
     parser.add_argument("--torch-index-url", default=DockerfileConfig.torch_index_url,
                         help=f"pip index for torch (default: {CPU_TORCH_INDEX} for cpu, PyPI for cuda)")
-    parser.add_argument("--workers", type=int, default=DockerfileConfig.workers, help="uvicorn workers per container")
+    parser.add_argument("--workers", type=int, default=DockerfileConfig.workers,
+                        help="uvicorn workers per container (MLflow's server or the front); each loads the model")
     parser.add_argument("--openai", choices=TASKS, default=DockerfileConfig.openai,
                         help="run the OpenAI-compatible front serving the model as this task, not /invocations")
     return parser

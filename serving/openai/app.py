@@ -20,9 +20,12 @@ that request's rows in the batched decoder at its next step.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import hmac
 import json
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -42,9 +45,12 @@ from serving.openai.config import FrontConfig
 from serving.openai.errors import OpenAIError, from_model_error
 from serving.openai.models import FrontModel, load_model
 
-__all__ = ["ROUTES", "build_app", "serve"]
+__all__ = ["ROUTES", "app_from_environment", "build_app", "serve"]
 
 logger = logging.getLogger(__name__)
+
+# serve() -> the processes that load the models: uvicorn's workers are new interpreters that import the app by name.
+_CONFIG_VARIABLE = "_NEUROQ_OPENAI_FRONT_CONFIG"
 
 
 @dataclass(frozen=True)
@@ -244,11 +250,31 @@ async def _server_error(request: Request, error: Exception) -> Response:
 
 
 def serve(config: FrontConfig) -> None:
-    """Load every model (an integrity or loading error stops here, before the port opens), then serve."""
+    """Serve under uvicorn, in ``config.workers`` processes that each load every model. With one, the models load
+    before the port opens; with more, uvicorn's parent holds the port while each worker loads, and a worker that
+    cannot load (an integrity or loading error) stops them all rather than being started again."""
     import uvicorn
 
-    models = {task: load_model(task, uri) for task, uri in config.model_uris().items()}
     if config.api_key is None and config.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s without an API key: anyone who reaches the port can use the models "
                        "(set NEUROQ_SERVING_API_KEY)", config.host)
-    uvicorn.run(build_app(models, config), host=config.host, port=config.port, log_level="info")
+    os.environ[_CONFIG_VARIABLE] = json.dumps(dataclasses.asdict(config))
+    uvicorn.run(f"{__name__}:app_from_environment", factory=True, host=config.host, port=config.port,
+                workers=config.workers, log_level="info")
+
+
+def app_from_environment() -> Starlette:
+    """uvicorn's app factory, run in every worker: the models of the FrontConfig that serve() left in the
+    environment, loaded (integrity checks first), and the app over them."""
+    from uvicorn.config import STARTUP_FAILURE
+
+    # A worker is a fresh interpreter: without this its models' log lines (loading, "stream reader gone") are lost.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = FrontConfig(**json.loads(os.environ[_CONFIG_VARIABLE]))
+    try:
+        models = {task: load_model(task, uri) for task, uri in config.model_uris().items()}
+    except Exception:
+        logger.exception("the front cannot start: a model did not load")
+        sys.exit(STARTUP_FAILURE)  # uvicorn's code for "would fail again": it stops instead of restarting the worker
+    return build_app(models, config)

@@ -21,6 +21,9 @@ class FrontConfig(EnvSettings):
     rerank: str | None = None  # e.g. models:/ruri-rerank@champion
     host: str = "127.0.0.1"
     port: int = 8000
+    # uvicorn worker processes, each loading its own copy of every model (memory x workers; each with its own
+    # batchers, so concurrent requests in different workers are not merged into one forward pass).
+    workers: int = 1
     # NEUROQ_SERVING_API_KEY: clients must send `Authorization: Bearer <key>`; unset, no key is asked. The
     # variable keeps the key out of `ps` and shell history, which --api-key does not.
     api_key: str | None = setting("API_KEY", None)
@@ -31,6 +34,8 @@ class FrontConfig(EnvSettings):
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("api_key is blank: give a key, or leave it unset to serve without one")
 

@@ -191,22 +191,24 @@ def test_command_line_writes_the_cuda_context(served, tmp_path, capsys):
 
 
 def test_openai_image_runs_the_front_from_the_code_the_model_carries(served, tmp_path):
-    """`--openai embed`: the entrypoint is the OpenAI front over /opt/ml/model, named as registered; run here as
-    the image would (the model's own code/ first on the path, not this checkout), it answers the OpenAI SDK's body."""
+    """`--openai embed --workers 2`: the entrypoint is the OpenAI front over /opt/ml/model, named as registered, in
+    two uvicorn workers; run here as the image would (the model's own code/ first on the path, not this checkout),
+    both workers load the model and it answers the OpenAI SDK's body."""
     model = served["ruri-embed"]
     with tracking(model.tracking_uri):
-        context = generate_dockerfile(DockerfileConfig(model.uri, str(tmp_path / "openai"), openai="embed"))
+        context = generate_dockerfile(DockerfileConfig(model.uri, str(tmp_path / "openai"), openai="embed",
+                                                       workers=2))
     steps = instructions(context.dockerfile)
     [entrypoint] = [json.loads(s.removeprefix("ENTRYPOINT ")) for s in steps if s.startswith("ENTRYPOINT ")]
     assert entrypoint == ["python", "-m", "serving", "openai", "--embed", "ruri-embed=/opt/ml/model",
-                          "--host", "0.0.0.0", "-p", str(SERVED_PORT)]
+                          "--host", "0.0.0.0", "-p", str(SERVED_PORT), "--workers", "2"]
     assert "ENV PYTHONPATH=/opt/ml/model/code" in steps
     assert not any("MLFLOW_MODELS_WORKERS" in s for s in steps)
     assert (context.model_dir / "code" / "serving" / "openai" / "app.py").is_file()
 
     port = free_port()
     command = [sys.executable, *entrypoint[1:5], f"ruri-embed={context.model_dir}", "--host", "127.0.0.1",
-               "-p", str(port)]
+               "-p", str(port), *entrypoint[-2:]]
     env = {**os.environ, "PYTHONPATH": str(context.model_dir / "code"), "OMP_NUM_THREADS": "1"}
     with open(tmp_path / "front.log", "wb") as log:
         process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -225,6 +227,10 @@ def test_openai_image_runs_the_front_from_the_code_the_model_carries(served, tmp
         assert [len(item["embedding"]) for item in answer["data"]] == [HIDDEN, HIDDEN]
         served_from = requests.get(f"{url}/v1/models", timeout=10).json()["data"]
         assert [(m["id"], m["uri"]) for m in served_from] == [("ruri-embed", str(context.model_dir))]
+        # /health answers once one worker has loaded; the other may still be loading
+        while (tmp_path / "front.log").read_text().count(") loaded in ") < 2:
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "front.log").read_text()
+            time.sleep(0.3)
     finally:
         stop_process_group(process)
 

@@ -210,7 +210,7 @@ def test_the_openai_front_runs_the_documented_command_from_the_project_image(mon
     args = vars(build_parser().parse_args(container["command"][3:] + container["args"]))
     assert args == {"tracking_uri": None, "command": "openai", "generate": "models:/neuroq@champion",
                     "embed": "models:/ruri-embed@champion", "rerank": "models:/ruri-rerank@champion",
-                    "host": "0.0.0.0", "port": SERVED_PORT}
+                    "host": "0.0.0.0", "port": SERVED_PORT, "workers": 1}
     assert container["command"][:3] == ["python", "-m", "serving"]
     assert [p["containerPort"] for p in container["ports"]] == [SERVED_PORT]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):

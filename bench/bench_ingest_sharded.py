@@ -1,5 +1,5 @@
 """The sharded Common Crawl ingest: per-task throughput and peak memory as shards grow, and the dedup stages'
-memory against the number of documents. WET files are generated (bench_ingest's mixes) and served by a real
+memory per task against the number of documents, with the stages fanned out as the pipeline runs them. WET files are generated (bench_ingest's mixes) and served by a real
 SeaweedFS S3 server on loopback; every task runs in its own process, as a KFP task would.
 
     python bench/bench_ingest_sharded.py                          # 1, 2, 4, 8 shards of 2 files each
@@ -28,7 +28,8 @@ CRAWL_ID = "CC-MAIN-2099-50"
 _TASK = """
 import json, resource, sys, time
 from neuroq.ingest import CommonCrawlConfig, IngestConfig, OutputConfig
-from neuroq.ingest.sharded import ShardPlan, dedup_shards, ingest_shard
+from neuroq.ingest.sharded import (ShardPlan, cluster_duplicates, dedup_partition, ingest_shard, plan_partitions,
+                                   write_deduplicated)
 args = json.loads(sys.argv[1])
 source = CommonCrawlConfig(crawl_id=args["crawl"], endpoint_url=args["endpoint"], max_records=None)
 config = IngestConfig(sources=(source,), output=OutputConfig(output_dir=args["out"], format="parquet",
@@ -39,10 +40,14 @@ if args["stage"] == "shard":
     manifest = ingest_shard(IngestConfig(sources=(plan.source(source),)), plan.index, args["out"])
     result = {"records": manifest["source"]["stages"]["source"]["in"], "documents": manifest["dedup_in"],
               "bytes": manifest["source"]["events"]["wet_bytes_read"]}
+elif args["stage"] == "partition":
+    [partition] = [p for p in plan_partitions(config.dedup, args["partitions"]) if p["index"] == args["index"]]
+    result = {"pairs": dedup_partition(config, args["shards"], partition, args["out"])["candidate_pairs"]}
+elif args["stage"] == "cluster":
+    result = {"pairs": cluster_duplicates(args["partitions"], args["out"])["candidate_pairs"]}
 else:
-    manifest = dedup_shards(config, args["shards"]).manifest
-    result = {"documents": manifest["stages"]["dedup"]["in"], "kept": manifest["documents_out"],
-              "pairs": manifest["sources"][0]["dedup_stages"]["candidate_pairs"]}
+    manifest = write_deduplicated(config, args["shards"], args["drops"]).manifest
+    result = {"documents": manifest["stages"]["dedup"]["in"], "kept": manifest["documents_out"]}
 result.update(wall_s=time.perf_counter() - started, cpu_s=time.process_time() - cpu,
               peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 print(json.dumps(result))
@@ -75,6 +80,8 @@ def main() -> None:
     parser.add_argument("--mix", choices=("cc-like", "ja-only"), default="cc-like")
     parser.add_argument("--dedup-docs", type=int, nargs="+", default=[1000, 4000, 16000],
                         help="Japanese documents (ja-only mix) for the dedup stages' memory")
+    parser.add_argument("--docs-per-partition", type=int, default=2000,
+                        help="documents per dedup partition task (dedup_tasks = documents / this)")
     args = parser.parse_args()
 
     with SeaweedS3(public_read_buckets=("commoncrawl",)) as server, tempfile.TemporaryDirectory() as tmp_name:
@@ -94,21 +101,30 @@ def main() -> None:
                       f"| {r['bytes'] / 1e6:.2f} | {r['cpu_s']:.2f} | {r['records'] / r['cpu_s']:,.0f} "
                       f"| {r['bytes'] / 1e6 / r['cpu_s']:.2f} | {r['peak_mb']:.0f} |")
 
-        print("\n### Dedup stages (exact by key range, LSH bands, first-seen-wins, write) over 4 shards\n")
-        print("| documents | candidate pairs | kept | wall s | peak RSS MB |")
-        print("|---:|---:|---:|---:|---:|")
+        print(f"\n### Dedup stages as separate tasks over 4 shards, {args.docs_per_partition:,} documents per "
+              "partition task\n")
+        print("| documents | partition tasks | candidate pairs | kept | partition peak RSS MB (max) | cluster MB "
+              "| write MB | partition s (max) | cluster s | write s |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for docs in args.dedup_docs:
             crawl = f"CC-MAIN-2099-{docs}"
-            per_file = docs // 4
-            _upload_crawl(server, crawl, "ja-only", 4, per_file, tmp)
+            _upload_crawl(server, crawl, "ja-only", 4, docs // 4, tmp)
             shard_dirs = []
             for index in range(4):
                 shard_dirs.append(str(tmp / crawl / f"shard-{index}"))
                 _task(stage="shard", crawl=crawl, endpoint=server.endpoint_url, out=shard_dirs[-1],
                       plan={"index": index, "first_file": index, "max_files": 1})
-            r = _task(stage="dedup", crawl=crawl, endpoint=server.endpoint_url, shards=shard_dirs,
-                      out=str(tmp / crawl / "out"))
-            print(f"| {r['documents']:,} | {r['pairs']:,} | {r['kept']:,} | {r['wall_s']:.2f} | {r['peak_mb']:.0f} |")
+            # The partitions grow with the documents, as a cluster run would size them (docs/dedup_tasks fixed).
+            count = max(1, docs // args.docs_per_partition)
+            parts = [_task(stage="partition", crawl=crawl, endpoint=server.endpoint_url, shards=shard_dirs,
+                           partitions=count, index=i, out=str(tmp / crawl / f"partition-{i}")) for i in range(count)]
+            cluster = _task(stage="cluster", crawl=crawl, endpoint=server.endpoint_url, out=str(tmp / crawl / "drops"),
+                            partitions=[str(tmp / crawl / f"partition-{i}") for i in range(count)])
+            write = _task(stage="write", crawl=crawl, endpoint=server.endpoint_url, shards=shard_dirs,
+                          drops=str(tmp / crawl / "drops"), out=str(tmp / crawl / "out"))
+            print(f"| {write['documents']:,} | {count} | {cluster['pairs']:,} | {write['kept']:,} "
+                  f"| {max(p['peak_mb'] for p in parts):.0f} | {cluster['peak_mb']:.0f} | {write['peak_mb']:.0f} "
+                  f"| {max(p['wall_s'] for p in parts):.2f} | {cluster['wall_s']:.2f} | {write['wall_s']:.2f} |")
 
 
 if __name__ == "__main__":

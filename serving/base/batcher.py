@@ -42,11 +42,11 @@ class MicroBatcher:
     padding low; results go back to each request in its own order. Only this thread touches the
     model, so the model needs no lock.
 
-    On a CPU the thread ends once it has had no work for `idle_ms`, and the next request starts another. Its
-    torch calls own an OpenMP team (OMP_NUM_THREADS - 1 threads) for as long as it lives, and libgomp
-    counts every such thread of the process, idle ones included: once they outnumber the CPUs, all of
-    them sleep between parallel regions instead of spinning, and each of a forward pass' regions then
-    waits for a wake-up. On 2 CPUs, a front that had loaded NeuroQ beside an embedding model kept the
+    The thread ends once it has had no work for `idle_ms` (None: never, as ServingModel has it on a GPU),
+    and the next request starts another. Its torch calls own an OpenMP team (OMP_NUM_THREADS - 1
+    threads) for as long as it lives, and libgomp counts every such thread of the process, idle ones
+    included: once they outnumber the CPUs, all of them sleep between parallel regions instead of
+    spinning, and each of a forward pass' regions then waits for a wake-up. On 2 CPUs, a front that had loaded NeuroQ beside an embedding model kept the
     loading thread's team (and after a completion the generation thread's) beside the embedding thread's,
     and answered batch-1 embeddings 20% slower than a server of that model alone (bench/RESULTS.md).
     """

@@ -60,13 +60,11 @@ def plan_dedup_partitions(params: dict) -> list:
 
 
 @component
-def dedup_partition(params: dict, partition: dict, shards: Input[List[Dataset]], pairs: Output[Dataset]):
+def dedup_partition(partition: dict, shards: Input[List[Dataset]], pairs: Output[Dataset]):
     """Exact copies in this partition's key range and verified candidate pairs in its bands, over every shard."""
-    from components.params import PipelineParams
     from components.steps import data as steps
 
-    report = steps.dedup_partition(PipelineParams.from_ingest_knobs(params), partition,
-                                   [shard.path for shard in shards], pairs.path)
+    report = steps.dedup_partition(partition, [shard.path for shard in shards], pairs.path)
     pairs.metadata.update({key: report[key] for key in ("exact_copies", "candidate_pairs", "seconds") if key in report})
 
 

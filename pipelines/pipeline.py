@@ -4,7 +4,7 @@ annotations as types).
     start_run ─┬─> ingest_hf ───────────────────────────────────────────────────────────────────────────┐
                └─> plan_cc_shards ─> ParallelFor: ingest_cc_shard ─> dedup-stages ─> ingest_common_crawl ┴─> merge_dedup_split ─┐
                         train_tokenizer ─> train_neuroq ─> evaluate ─> register <──────────────────────────────────────────────┘
-    dedup-stages: plan_dedup_partitions ─> ParallelFor: dedup_partition ─> cluster_duplicates
+    plan_dedup_partitions ─> dedup-stages: ParallelFor: dedup_partition ─> cluster_duplicates
 
 `build_common_crawl_pipeline` is the Common Crawl part alone (shards -> deduplicated, split dataset), for
 ingesting a crawl once and training on it many times.
@@ -104,20 +104,20 @@ _KNOBS = frozenset(field.name for field in dataclasses.fields(PipelineParams))
 
 
 def _dedup_stages(parallelism: int) -> Any:
-    """The cross-shard dedup as a sub-DAG: plan the partitions, one `dedup_partition` task each, then the cluster
+    """The cross-shard dedup as a sub-DAG: one `dedup_partition` task per planned partition, then the cluster
     step. A sub-DAG because KFP's compiler cannot hand a `dsl.Collected` list to tasks inside a ParallelFor; as
-    this DAG's input the list of shards reaches every partition task."""
+    this DAG's input the list of shards reaches every partition task. The plan is made outside, and its items
+    carry their config: a dict of the pipeline's parameters reaches a sub-DAG's tasks as "null"s on kfp.local."""
 
     @dsl.pipeline(name="dedup-stages")
-    def dedup_stages(params: dict, shards: Input[List[Dataset]], image: str) -> Dataset:
-        plan = plan_dedup_partitions(params=params)
-        with dsl.ParallelFor(plan.output, parallelism=parallelism) as partition:
-            pairs = dedup_partition(params=params, partition=partition, shards=shards)
+    def dedup_stages(partitions: list, shards: Input[List[Dataset]], image: str) -> Dataset:
+        with dsl.ParallelFor(partitions, parallelism=parallelism) as partition:
+            pairs = dedup_partition(partition=partition, shards=shards)
             _set_resources(pairs, DEDUP_PARTITION_RESOURCES)
             pairs.set_retry(num_retries=CC_SHARD_RETRIES, backoff_duration="30s")
         cluster = cluster_duplicates(partitions=dsl.Collected(pairs.outputs["pairs"]))
         _set_resources(cluster, DEDUP_CLUSTER_RESOURCES)
-        for task in (plan, pairs, cluster):
+        for task in (pairs, cluster):
             task.set_caching_options(True).set_container_image(image)
         return cluster.outputs["drops"]
 
@@ -138,13 +138,14 @@ def _common_crawl_tasks(cc_params: Any, val_fraction: Any, parallelism: int, ima
         _set_resources(ingest, CC_SHARD_RESOURCES)
         # S3 throttling and preempted nodes fail one shard; it retries alone, into a fresh output folder.
         ingest.set_retry(num_retries=CC_SHARD_RETRIES, backoff_duration="30s").set_container_image(image)
-    stages = dedup_stages(params=cc_params, shards=dsl.Collected(ingest.outputs["data"]), image=image)
+    partitions = plan_dedup_partitions(params=cc_params)
+    stages = dedup_stages(partitions=partitions.output, shards=dsl.Collected(ingest.outputs["data"]), image=image)
     crawl = ingest_common_crawl(params=cc_params, shards=dsl.Collected(ingest.outputs["data"]),
                                 drops=stages.output, val_fraction=val_fraction)
     _set_resources(crawl, CC_WRITE_RESOURCES)
-    for task in (plan, ingest, crawl):
+    for task in (plan, ingest, partitions, crawl):
         task.set_caching_options(True)
-    for task in (plan, crawl):
+    for task in (plan, partitions, crawl):
         task.set_container_image(image)
     return plan, crawl
 

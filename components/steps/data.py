@@ -119,24 +119,29 @@ def _skipped(dirs: list[str]) -> str | None:
 
 
 def plan_dedup_partitions(params: PipelineParams) -> list[dict[str, Any]]:
-    """The cross-shard dedup's partitions (`dedup_tasks` of them), one task each."""
+    """The cross-shard dedup's partitions (`dedup_tasks` of them), one task each. Each item carries the ingest
+    config as JSON, as the shard plan's items do: the partition tasks then take no pipeline parameters, which a
+    sub-DAG cannot be handed as a dict of the pipeline's inputs (kfp.local passes every value on as "null")."""
     from neuroq.ingest.sharded import plan_partitions
 
-    return plan_partitions(params.ingest_config([], "").dedup, params.dedup_tasks)
+    config = _crawl_config(params, "")
+    return [{**partition, "config": json.dumps(config.to_dict())}
+            for partition in plan_partitions(config.dedup, params.dedup_tasks)]
 
 
-def dedup_partition(params: PipelineParams, partition: Mapping[str, Any], shard_dirs: list[str],
-                    out_dir: str) -> dict[str, Any]:
+def dedup_partition(partition: Mapping[str, Any], shard_dirs: list[str], out_dir: str) -> dict[str, Any]:
     """One partition's exact copies and candidate pairs across every shard."""
+    from neuroq.ingest.config import IngestConfig
     from neuroq.ingest.sharded import dedup_partition as run
 
     skipped = _skipped(shard_dirs)
     if skipped:
         return _empty_dataset(out_dir, skipped)
+    config = IngestConfig.from_dict(json.loads(partition["config"]))
     # KFP may have turned the loop item's integers into floats.
     partition = {"index": int(partition["index"]), "key_range": [int(bound) for bound in partition["key_range"]],
                  "bands": [int(band) for band in partition["bands"]]}
-    return run(_crawl_config(params, out_dir), shard_dirs, partition, out_dir)
+    return run(config, shard_dirs, partition, out_dir)
 
 
 def cluster_duplicates(partition_dirs: list[str], out_dir: str) -> dict[str, Any]:

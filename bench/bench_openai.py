@@ -8,7 +8,7 @@ serve` per model and one front serving both (each with one worker and the same t
 markdown tables:
   1. latency at batch 1, one client: the same request to /invocations and to the front's route, sent in pairs
      whose order alternates (so drift in the machine's load and the pair order hit both alike): median and p90 ms,
-     and the front's overhead on the median;
+     and the front's overhead on the median; embeddings before and after the completions;
   2. streamed chat: time to the first text chunk vs the whole streamed answer vs the same request unstreamed,
      for 64 and 256 new tokens (a seeded sampled answer: an untrained model rarely samples eos).
 """
@@ -73,20 +73,23 @@ def timed(send: Callable[[], requests.Response]) -> float:
 
 
 def latency_rows(urls: dict[str, str], requests_per_route: int, max_tokens: int) -> list[str]:
-    cases = {
-        "embeddings, 1 text": (
-            f"{urls['embed']}/invocations", {"input": [TEXT]},
-            f"{urls['front']}/v1/embeddings", {"model": "bench-embed", "input": [TEXT], "encoding_format": "float"},
-            requests_per_route),
-        f"completions, 1 prompt, {max_tokens} tokens": (
+    embeddings = (f"{urls['embed']}/invocations", {"input": [TEXT]},
+                  f"{urls['front']}/v1/embeddings", {"model": "bench-embed", "input": [TEXT],
+                                                     "encoding_format": "float"},
+                  requests_per_route)
+    cases = [
+        ("embeddings, 1 text", embeddings),
+        (f"completions, 1 prompt, {max_tokens} tokens", (
             f"{urls['generate']}/invocations", {"prompt": TEXT, "max_tokens": max_tokens, "seed": 0},
             f"{urls['front']}/v1/completions", {"model": "bench-neuroq", "prompt": TEXT, "max_tokens": max_tokens,
                                                 "seed": 0},
-            max(10, requests_per_route // 10)),
-    }
+            max(10, requests_per_route // 10))),
+        # Again once the front's generation model has run: an idle model must not slow the other (batcher.py).
+        ("embeddings, 1 text, after the completions", embeddings),
+    ]
     rows = []
     with requests.Session() as session:
-        for name, (mlflow_url, mlflow_body, front_url, front_body, n) in cases.items():
+        for name, (mlflow_url, mlflow_body, front_url, front_body, n) in cases:
             for url, body in ((mlflow_url, mlflow_body), (front_url, front_body)):  # warm-up
                 timed(lambda: session.post(url, json=body, timeout=600))
             times: dict[str, list[float]] = {"mlflow": [], "front": []}

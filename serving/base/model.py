@@ -47,8 +47,8 @@ class ServingModel(mlflow.pyfunc.PythonModel):
             # the OpenMP teams its ending hands back matter on CPUs only.
             batching = dataclasses.replace(batching, idle_ms=None)
         self.batcher = MicroBatcher(self.run_batch, batching, name=type(self).__name__)
-        # On a thread that ends with it: the OpenMP team that loading's torch calls start (a random init, a
-        # copy) goes with that thread instead of idling for good beside the model thread's (batcher.py).
+        # On a thread that ends with it: the OpenMP team that loading's torch calls start goes with that thread
+        # instead of idling for good beside the model thread's (batcher.py).
         with ThreadPoolExecutor(1, thread_name_prefix=f"{type(self).__name__}-load") as loader:
             loader.submit(self.load, context).result()
         scoring_guard.install(self.limits)

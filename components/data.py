@@ -2,8 +2,9 @@
 
 Common Crawl (and a Hugging Face dataset with hf_shards > 1) is ingested in shards: `plan_cc_shards` splits the
 sources, one `ingest_cc_shard` task per shard runs under `dsl.ParallelFor`; the dedup across shards fans out too,
-one `dedup_partition` task per range of exact keys and group of LSH bands, then `cluster_duplicates` decides the
-drops from the candidate pairs and `ingest_common_crawl` writes what is left (what one process would have kept).
+one `dedup_partition` task per range of exact keys and share of the LSH band buckets, then `cluster_duplicates`
+decides the drops from the candidate pairs and `ingest_common_crawl` writes what is left (what one process would
+have kept).
 
 The ingest components take only their own knobs and log nothing to MLflow, so they are pure functions of their
 inputs and KFP's cache can skip them (re-reading Common Crawl is the slowest thing a rerun could do). Their
@@ -52,7 +53,8 @@ def ingest_cc_shard(shard: dict, data: Output[Dataset]):
 
 @component
 def plan_dedup_partitions(params: dict) -> list:
-    """The cross-shard dedup's partitions: one range of exact keys and one group of LSH bands per task."""
+    """The cross-shard dedup's partitions: one range of exact keys and an equal share of the LSH band buckets
+    per task."""
     from components.params import PipelineParams
     from components.steps import data as steps
 
@@ -61,7 +63,8 @@ def plan_dedup_partitions(params: dict) -> list:
 
 @component
 def dedup_partition(partition: dict, shards: Input[List[Dataset]], pairs: Output[Dataset]):
-    """Exact copies in this partition's key range and verified candidate pairs in its bands, over every shard."""
+    """Exact copies in this partition's key range and verified candidate pairs in its band buckets, over every
+    shard."""
     from components.steps import data as steps
 
     report = steps.dedup_partition(partition, [shard.path for shard in shards], pairs.path)

@@ -76,7 +76,7 @@ DEFAULT_PARALLELISM = 8
 # One shard task: one core for gzip + filters + MinHash; its memory follows its own shard (its exact keys and
 # signatures, ~0.6 KB per kept page, texts a row group at a time), see bench/RESULTS.md.
 CC_SHARD_RESOURCES = {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2G", "memory_limit": "4G"}
-# A dedup partition: k-way merges of its key range and bands over every shard (one batch per shard) plus its own
+# A dedup partition: k-way merges of its key range and band buckets over every shard (a row group per shard), its
 # pairs; the cluster step: every candidate pair and cross-shard copy (~50 bytes each); the write: one shard's
 # drops and a row group of texts at a time. None of them holds the crawl; measured in bench/RESULTS.md.
 DEDUP_PARTITION_RESOURCES = {"cpu_request": "1", "cpu_limit": "2", "memory_request": "1G", "memory_limit": "2G"}

@@ -140,7 +140,7 @@ def dedup_partition(partition: Mapping[str, Any], shard_dirs: list[str], out_dir
     config = IngestConfig.from_dict(json.loads(partition["config"]))
     # KFP may have turned the loop item's integers into floats.
     partition = {"index": int(partition["index"]), "key_range": [int(bound) for bound in partition["key_range"]],
-                 "bands": [int(band) for band in partition["bands"]]}
+                 "buckets": [[int(bound) for bound in cell] for cell in partition["buckets"]]}
     return run(config, shard_dirs, partition, out_dir)
 
 

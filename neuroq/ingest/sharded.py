@@ -3,20 +3,23 @@
     plan_shards(source, n)           contiguous windows of the WET list (first_file / max_files), one per task
     ingest_shard(config, i, dir)     per shard: source -> quality -> exact keys, MinHash signatures (Parquet)
     plan_partitions(dedup, n)        the cross-shard dedup in n partitions: a range of exact-key prefixes and
-                                     a group of LSH bands each
+                                     an equal share of the (LSH band x bucket hash) space each
     dedup_partition(config, dirs, p) per partition, over every shard: exact copies in its key range, verified
-                                     candidate pairs in its bands (Parquet)
+                                     candidate pairs in its band buckets (Parquet)
     cluster_duplicates(dirs, out)    every partition's pairs -> first-seen-wins -> the dropped documents
     write_deduplicated(config, ...)  the shards' documents minus the drops, shard by shard, like run_ingest
     dedup_shards(config, dirs)       the last three one after another in one process (same code)
 
 A shard folder holds ``shard.json`` (its counts), ``docs.parquet`` (each text the first time the shard sees it,
 in source order), ``keys.parquet`` (exact keys sorted, with how many copies the shard saw) and
-``bands/band-NN.parquet`` (one file per LSH band: band key, document, signature, sorted by band key). The layout
-follows datatrove's MinHash stages (signatures -> buckets -> clusters -> filter): a bucket stage reads one band
-of every shard as a k-way merge of sorted files, so its memory is one batch per shard plus the largest group of
-equal band keys; the exact stage does the same per range of key prefixes; only the cluster step sees the whole
-crawl, and then only its candidate pairs; the write step holds one shard's drops at a time.
+``bands/band-NN.parquet`` (one file per LSH band: bucket, band key, document, signature, sorted by bucket, where
+the bucket is a 32-bit hash of the band key). The layout follows datatrove's MinHash stages (signatures ->
+buckets -> clusters -> filter). As in datatrove's bucket stage, a task takes a range of buckets within a band, so
+``n`` partitions split the LSH work n ways however few bands there are: a task reads its bucket range of every
+shard's band file as a k-way merge of sorted files (row groups outside the range skipped by their statistics),
+so its memory is one row group per shard, the largest group of equal band keys and its own pairs (~1/n of the
+crawl's). The exact stage does the same per range of key prefixes; only the cluster step sees the whole crawl,
+and then only its candidate pairs; the write step holds one shard's drops at a time.
 
 Why the answer equals one process's. Documents are numbered by (shard, position), which is the order
 ``run_ingest`` reads them in, since shards are contiguous windows. One process keeps a document unless an
@@ -38,6 +41,7 @@ import logging
 import os
 import tempfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -68,7 +72,11 @@ PARTITION_MANIFEST, PARTITION_FORMAT = "partition.json", "neuroq-dedup-partition
 CLUSTER_MANIFEST, CLUSTER_FORMAT = "cluster.json", "neuroq-dedup-cluster"
 _POSITION_BITS = 40  # a document id is shard << 40 | position: 10^12 documents per shard, 2^23 shards
 _BATCH_ROWS = 8192  # rows per Parquet row group and per read batch: what a stage holds of each shard at a time
+# Band rows carry a 512-byte signature: a smaller row group keeps a partition's read of each shard (the row groups
+# that overlap its bucket range, one at a time) near its share of the shard rather than 4 MB of it.
+_BAND_ROWS = 1024
 _KEY_PREFIX_SPACE = 1 << 16  # exact-key ranges are ranges of the keys' first two bytes
+_BUCKET_SPACE = 1 << 32  # LSH bucket ranges are ranges of a band key's crc32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +112,15 @@ def _document_id(shard: int, position: int) -> int:
     return shard << _POSITION_BITS | position
 
 
-def _write_table(path: Path, table: pa.Table) -> None:
-    pq.write_table(table, path, row_group_size=_BATCH_ROWS, compression="zstd")
+def _write_table(path: Path, table: pa.Table, row_group_size: int = _BATCH_ROWS) -> None:
+    pq.write_table(table, path, row_group_size=row_group_size, compression="zstd")
+
+
+def _bucket(band_key: bytes) -> int:
+    """The LSH bucket of a band key: uniform over [0, 2**32), so equal ranges of it are equal shares of the work.
+    Not the min-hash values themselves: a minimum crowds towards 0 (datatrove cuts its ranges at the quantiles of
+    one signature file instead; a hash lets the plan be arithmetic, with no file to read)."""
+    return zlib.crc32(band_key)
 
 
 _DOCS_SCHEMA = pa.schema([("position", pa.int64()), ("id", pa.string()), ("source", pa.string()),
@@ -173,10 +188,11 @@ def _write_shard(config: IngestConfig, index: int, root: Path) -> dict[str, Any]
         signature_column = pa.array([row.tobytes() for row in matrix], pa.binary(4 * dedup.num_perm))
         for band, (start, end) in enumerate(hasher.bands):
             band_keys = [row[start:end].tobytes() for row in matrix]
-            table = pa.table({"band_key": pa.array(band_keys, pa.binary()), "document": ids,
+            table = pa.table({"bucket": pa.array([_bucket(key) for key in band_keys], pa.int64()),
+                              "band_key": pa.array(band_keys, pa.binary()), "document": ids,
                               "signature": signature_column})
-            _write_table(root / "bands" / f"band-{band:02d}.parquet",
-                         table.sort_by([("band_key", "ascending"), ("document", "ascending")]))
+            _write_table(root / "bands" / f"band-{band:02d}.parquet", table.sort_by(
+                [("bucket", "ascending"), ("band_key", "ascending"), ("document", "ascending")]), _BAND_ROWS)
     report = run.report(dedup_in, dedup_in - sum(copies.values()), Counter())
     return {"format": SHARD_FORMAT, "index": index, "source": report, "dedup_in": dedup_in,
             "distinct": dedup_in - sum(copies.values()), "dedup": dataclasses.asdict(dedup)}
@@ -197,48 +213,66 @@ def _read_json(path: Path, expected: str, writer: str) -> dict[str, Any]:
 
 
 def _rows(path: Path, columns: list[str], expression: Any = None) -> Iterator[tuple[Any, ...]]:
-    """Rows of a Parquet file as tuples, one batch in memory at a time (filtered with row-group statistics)."""
-    for batch in ds.dataset(path).to_batches(columns=columns, filter=expression, batch_size=_BATCH_ROWS):
+    """Rows of a Parquet file as tuples, one batch in memory at a time (filtered with row-group statistics).
+
+    No read-ahead: a merge opens one reader per shard, and pyarrow's default (16 batches each) would multiply
+    what a task holds by 16.
+    """
+    batches = ds.dataset(path).to_batches(columns=columns, filter=expression, batch_size=_BATCH_ROWS,
+                                          batch_readahead=0, fragment_readahead=0)
+    for batch in batches:
         yield from zip(*(batch.column(name).to_pylist() for name in columns), strict=True)
 
 
-def exact_copies(shard_dirs: Sequence[Path], prefix_range: tuple[int, int]) -> np.ndarray:
-    """(document, first copy) for each distinct text of a shard whose exact key an earlier shard had first.
+def _in_range(column: str, low: int, high: int) -> Any:
+    return (pc.field(column) >= low) & (pc.field(column) < high)
+
+
+def exact_copies(shard_dirs: Sequence[Path], prefix_range: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """(document, first copy) for each distinct text of a shard whose exact key an earlier shard had first, and
+    the number of key rows read.
 
     One task per range of key prefixes: every shard's sorted keys in the range are merged, so memory is a batch
     per shard.
     """
-    low, high = prefix_range
-    expression = (pc.field("prefix") >= low) & (pc.field("prefix") < high)
+    expression = _in_range("prefix", *prefix_range)
     merged = heapq.merge(*(_rows(Path(d) / "keys.parquet", ["key", "document"], expression) for d in shard_dirs))
     pairs: list[tuple[int, int]] = []
+    rows = 0
     for _, group in itertools.groupby(merged, key=lambda row: row[0]):
         first, *later = [document for _, document in group]
+        rows += 1 + len(later)
         pairs.extend((document, first) for document in later)
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2), rows
 
 
-def band_pairs(shard_dirs: Sequence[Path], band: int, hasher: MinHasher) -> np.ndarray:
-    """(later, earlier) document pairs that share LSH band ``band`` and pass the similarity check.
+def bucket_pairs(shard_dirs: Sequence[Path], cell: tuple[int, int, int], hasher: MinHasher) -> tuple[np.ndarray, int]:
+    """(later, earlier) document pairs that share a band key in ``cell`` (band, first bucket, end bucket) and pass
+    the similarity check, and the number of band rows read.
 
-    One task per band: each shard's band file is sorted by band key, so equal keys meet in a k-way merge and
-    only one group of them is held at a time.
+    Each shard's band file is sorted by bucket, then band key: equal keys (one bucket) meet in a k-way merge of
+    the cell's rows, and only one group of them is held at a time.
     """
+    band, low, high = cell
     name = f"band-{band:02d}.parquet"
-    merged = heapq.merge(*(_rows(Path(d) / "bands" / name, ["band_key", "document", "signature"]) for d in shard_dirs))
+    columns = ["bucket", "band_key", "document", "signature"]
+    merged = heapq.merge(*(_rows(Path(d) / "bands" / name, columns, _in_range("bucket", low, high))
+                           for d in shard_dirs))
     pairs: list[tuple[int, int]] = []
-    for _, group in itertools.groupby(merged, key=lambda row: row[0]):
+    rows = 0
+    for _, group in itertools.groupby(merged, key=lambda row: row[1]):
         members = list(group)
+        rows += len(members)
         if len(members) < 2:
             continue
-        ids = np.array([document for _, document, _ in members], dtype=np.int64)
+        ids = np.array([document for _, _, document, _ in members], dtype=np.int64)
         if not hasher.config.verify_candidates:
             pairs.extend((int(ids[i]), int(e)) for i in range(1, len(ids)) for e in ids[:i])
             continue
-        signatures = np.stack([np.frombuffer(signature, dtype=np.uint32) for _, _, signature in members])
+        signatures = np.stack([np.frombuffer(signature, dtype=np.uint32) for *_, signature in members])
         for i in range(1, len(ids)):
             pairs.extend((int(ids[i]), int(e)) for e in ids[:i][hasher.similar(signatures[i], signatures[:i])])
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2), rows
 
 
 def first_seen_wins(pairs: np.ndarray) -> set[int]:
@@ -265,15 +299,28 @@ def _resolve(near_dropped: set[int], copies: np.ndarray) -> dict[int, str]:
     return reasons
 
 
+def _equal_ranges(space: int, parts: int) -> list[tuple[int, int]]:
+    bounds = [space * index // parts for index in range(parts + 1)]
+    return list(itertools.pairwise(bounds))
+
+
 def plan_partitions(dedup: DedupConfig, num_partitions: int) -> list[dict[str, Any]]:
-    """The cross-shard dedup split into ``num_partitions`` tasks: each one range of exact-key prefixes and every
-    ``num_partitions``-th LSH band (none past the band count), so each reads only its part of every shard."""
+    """The cross-shard dedup split into ``num_partitions`` tasks, each reading about 1/num_partitions of every
+    shard: one range of exact-key prefixes (``key_range``), and one stretch of the LSH work laid end to end,
+    band after band, each band its whole bucket space (``buckets``: [band, first bucket, end bucket] cells).
+    With 9 bands and 12 tasks, task 0 takes band 0's first three quarters, task 1 its last quarter and band 1's
+    first half, and so on."""
     if not isinstance(num_partitions, int) or not 1 <= num_partitions <= _KEY_PREFIX_SPACE:
         raise ConfigError(f"dedup partitions must be an integer in [1, {_KEY_PREFIX_SPACE}], got {num_partitions!r}")
-    bounds = np.linspace(0, _KEY_PREFIX_SPACE, num_partitions + 1).astype(int).tolist() if dedup.exact else None
+    keys = _equal_ranges(_KEY_PREFIX_SPACE, num_partitions) if dedup.exact else None
     bands = len(MinHasher(dedup).bands) if dedup.near else 0
-    return [{"index": index, "key_range": bounds[index:index + 2] if bounds else [],
-             "bands": list(range(index, bands, num_partitions))} for index in range(num_partitions)]
+    plans = []
+    for index, (start, end) in enumerate(_equal_ranges(bands * _BUCKET_SPACE, num_partitions)):
+        cells = [[band, max(start - band * _BUCKET_SPACE, 0), min(end - band * _BUCKET_SPACE, _BUCKET_SPACE)]
+                 for band in range(start // _BUCKET_SPACE, -(-end // _BUCKET_SPACE))]
+        plans.append({"index": index, "key_range": list(keys[index]) if keys else [],
+                      "buckets": [cell for cell in cells if cell[1] < cell[2]]})
+    return plans
 
 
 _PAIRS_SCHEMA = pa.schema([("document", pa.int64()), ("other", pa.int64())])
@@ -292,16 +339,19 @@ def _read_pairs(paths: Sequence[Path]) -> np.ndarray:
 def dedup_partition(config: IngestConfig, shard_dirs: Sequence[str | os.PathLike[str]], partition: dict[str, Any],
                     out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """One partition of ``plan_partitions`` over every shard: ``copies.parquet`` (document, first copy) of its key
-    range and ``pairs.parquet`` (later, earlier) verified in its bands. Memory: one batch per shard, the largest
-    group of equal keys, and its own pairs."""
+    range and ``pairs.parquet`` (later, earlier) verified in its band buckets. Memory: one row group per shard,
+    the largest group of equal keys, and its own pairs. The report counts the rows it read (``key_rows``,
+    ``band_rows``): its share of the crawl."""
     dirs = _shard_dirs(config, shard_dirs)
     started = time.perf_counter()
-    copies = exact_copies(dirs, tuple(partition["key_range"])) if partition["key_range"] else np.zeros((0, 2), np.int64)
-    hasher = MinHasher(config.dedup) if partition["bands"] else None
-    pairs = [band_pairs(dirs, band, hasher) for band in partition["bands"]] if hasher else []
-    pairs_array = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
+    copies, key_rows = (exact_copies(dirs, tuple(partition["key_range"])) if partition["key_range"]
+                        else (np.zeros((0, 2), np.int64), 0))
+    hasher = MinHasher(config.dedup)
+    found = [bucket_pairs(dirs, tuple(cell), hasher) for cell in partition["buckets"]]
+    pairs_array = np.concatenate([pairs for pairs, _ in found]) if found else np.zeros((0, 2), dtype=np.int64)
     report = {"format": PARTITION_FORMAT, **partition, "exact_copies": len(copies),
-              "candidate_pairs": len(pairs_array), "seconds": round(time.perf_counter() - started, 3)}
+              "candidate_pairs": len(pairs_array), "key_rows": key_rows,
+              "band_rows": sum(rows for _, rows in found), "seconds": round(time.perf_counter() - started, 3)}
     with staged_folder(Path(out_dir)) as staging:
         _write_table(staging / "copies.parquet", _pairs_table(copies))
         _write_table(staging / "pairs.parquet", _pairs_table(pairs_array))
@@ -363,7 +413,7 @@ def write_deduplicated(config: IngestConfig, shard_dirs: Sequence[str | os.PathL
 
 
 def dedup_shards(config: IngestConfig, shard_dirs: Sequence[str | os.PathLike[str]],
-                 key_ranges: int = 16) -> IngestResult:
+                 partitions: int = 16) -> IngestResult:
     """Deduplicate shards written by ``ingest_shard`` across each other and write ``config.output`` like
     ``run_ingest``: the stages an executor runs as separate tasks (``dedup_partition`` per partition,
     ``cluster_duplicates``, ``write_deduplicated``), here one after another in one process.
@@ -373,7 +423,7 @@ def dedup_shards(config: IngestConfig, shard_dirs: Sequence[str | os.PathLike[st
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.stages-", dir=out.parent) as scratch:
         folders = []
-        for partition in plan_partitions(config.dedup, key_ranges):
+        for partition in plan_partitions(config.dedup, partitions):
             folders.append(Path(scratch) / f"partition-{partition['index']}")
             dedup_partition(config, dirs, partition, folders[-1])
         cluster_duplicates(folders, Path(scratch) / "cluster")

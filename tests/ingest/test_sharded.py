@@ -14,7 +14,16 @@ from tests.ingest.fake_crawl import WIDE_CORRUPT, WIDE_CRAWL_ID, WIDE_MISSING, w
 
 from neuroq.errors import ConfigError
 from neuroq.ingest import CommonCrawlConfig, DedupConfig, IngestConfig, OutputConfig, read_documents, run_ingest
-from neuroq.ingest.sharded import ShardPlan, dedup_shards, first_seen_wins, ingest_shard, plan_shards
+from neuroq.ingest.dedup import MinHasher
+from neuroq.ingest.sharded import (
+    ShardPlan,
+    dedup_partition,
+    dedup_shards,
+    first_seen_wins,
+    ingest_shard,
+    plan_partitions,
+    plan_shards,
+)
 
 
 @pytest.fixture
@@ -28,14 +37,19 @@ def _single(config: IngestConfig, out: Path) -> dict:
                       ).manifest
 
 
-def _sharded(config: IngestConfig, shards: int, tmp: Path) -> dict:
+def _shard_folders(config: IngestConfig, shards: int, tmp: Path) -> list[Path]:
     source = config.sources[0]
     folders = []
     for plan in plan_shards(source, shards):
         folders.append(tmp / f"shard-{plan.index}")
         ingest_shard(dataclasses.replace(config, sources=(plan.source(source),)), plan.index, folders[-1])
+    return folders
+
+
+def _sharded(config: IngestConfig, shards: int, tmp: Path, partitions: int = 16) -> dict:
+    folders = _shard_folders(config, shards, tmp)
     output = dataclasses.replace(config.output, output_dir=str(tmp / "out"))
-    return dedup_shards(dataclasses.replace(config, output=output), folders).manifest
+    return dedup_shards(dataclasses.replace(config, output=output), folders, partitions).manifest
 
 
 def _kept(out: Path, manifest: dict) -> dict[str, list[str]]:
@@ -43,10 +57,11 @@ def _kept(out: Path, manifest: dict) -> dict[str, list[str]]:
                     for doc in read_documents(out / entry["path"])] for split in ("train", "validation")}
 
 
-@pytest.mark.parametrize("shards", [1, 4, 10])
-def test_any_number_of_shards_keeps_what_one_process_keeps(wide_config, tmp_path, shards):
+# 9 LSH bands with the default DedupConfig: 12 and 20 partitions cut bands into bucket ranges.
+@pytest.mark.parametrize(("shards", "partitions"), [(1, 1), (4, 12), (10, 20)])
+def test_any_number_of_shards_and_partitions_keeps_what_one_process_keeps(wide_config, tmp_path, shards, partitions):
     single = _single(wide_config, tmp_path / "single")
-    sharded = _sharded(wide_config, shards, tmp_path / "sharded")
+    sharded = _sharded(wide_config, shards, tmp_path / "sharded", partitions)
 
     assert _kept(tmp_path / "sharded" / "out", sharded) == _kept(tmp_path / "single", single)
     assert sharded["stages"] == single["stages"]
@@ -97,6 +112,34 @@ def test_a_retried_shard_replaces_what_a_failed_attempt_left(wide_config, tmp_pa
     assert manifest["index"] == 1 and manifest["dedup_in"] == 6  # files 3-5: 4 + 2 pages pass the filters
     assert len(pq.read_table(folder / "docs.parquet")) == 6
     assert sorted(p.name for p in folder.iterdir()) == ["bands", "docs.parquet", "keys.parquet", "shard.json"]
+
+
+@pytest.mark.parametrize("partitions", [1, 2, 9, 12, 20])
+def test_partitions_cut_the_band_buckets_into_equal_shares_that_cover_each_bucket_once(partitions):
+    dedup = DedupConfig()
+    bands = len(MinHasher(dedup).bands)
+    plans = plan_partitions(dedup, partitions)
+    shares = [sum(high - low for _, low, high in plan["buckets"]) for plan in plans]
+    assert max(shares) - min(shares) <= 1  # each task's share of (band x bucket) is 1/partitions of it
+    for band in range(bands):
+        cells = sorted((low, high) for plan in plans for b, low, high in plan["buckets"] if b == band)
+        assert cells[0][0] == 0 and cells[-1][1] == 2**32
+        assert all(previous[1] == current[0] for previous, current in zip(cells, cells[1:]))
+    key_ranges = [plan["key_range"] for plan in plans]
+    assert key_ranges[0][0] == 0 and key_ranges[-1][1] == 2**16
+    assert all(previous[1] == current[0] for previous, current in zip(key_ranges, key_ranges[1:]))
+
+
+def test_each_partition_reads_only_its_share_of_every_shard(wide_config, tmp_path):
+    folders = _shard_folders(wide_config, 4, tmp_path)
+    distinct = sum(json.loads((folder / "shard.json").read_text())["distinct"] for folder in folders)
+    reports = [dedup_partition(wide_config, folders, plan, tmp_path / f"partition-{plan['index']}")
+               for plan in plan_partitions(wide_config.dedup, 20)]
+    bands = len(MinHasher(wide_config.dedup).bands)
+    # Every distinct text's exact key and band keys are read by exactly one partition.
+    assert sum(report["key_rows"] for report in reports) == distinct
+    assert sum(report["band_rows"] for report in reports) == distinct * bands
+    assert max(report["band_rows"] for report in reports) < distinct * bands / 4  # no task reads a whole band
 
 
 def test_shards_are_contiguous_windows_of_the_wet_list():

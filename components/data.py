@@ -84,12 +84,13 @@ def cluster_duplicates(partitions: Input[List[Dataset]], drops: Output[Dataset])
 def ingest_common_crawl(
     params: dict,
     shards: Input[List[Dataset]],
-    drops: Input[Dataset],
     val_fraction: float,
     data: Output[Dataset],
     summary: Output[Markdown],
+    drops: Input[Dataset] = None,
 ):
-    """Write the shards' documents minus the drops, in shard order: the sharded sources' dataset.
+    """Write the shards' documents minus the drops, in shard order: the sharded sources' dataset. Without `drops`
+    (a pipeline built without the dedup sub-DAG) it runs the dedup stages itself first.
 
     Writes an empty dataset when `data_sources` names no sharded source.
     """
@@ -97,7 +98,8 @@ def ingest_common_crawl(
     from components.steps import data as steps
 
     manifest = steps.dedup_common_crawl_shards(PipelineParams.from_ingest_knobs(params),
-                                               [shard.path for shard in shards], data.path, val_fraction, drops.path)
+                                               [shard.path for shard in shards], data.path, val_fraction,
+                                               drops.path if drops else "")
     data.metadata.update(steps.lineage(manifest))
     with open(summary.path, "w", encoding="utf-8") as handle:
         handle.write(steps.ingest_summary(manifest))
@@ -108,11 +110,12 @@ def merge_dedup_split(
     params: dict,
     run: dict,
     hf_data: Input[Dataset],
-    cc_data: Input[Dataset],
     train_data: Output[Dataset],
     val_data: Output[Dataset],
+    cc_data: Input[Dataset] = None,
 ):
-    """Deduplicate across sources (exact + MinHash near-duplicates) and split train/validation by hash."""
+    """Deduplicate across sources (exact + MinHash near-duplicates) and split train/validation by hash. `cc_data`
+    is absent from a pipeline built without the crawl's tasks."""
     from components.params import PipelineParams
     from components.steps import data as steps
     from components.steps.base import RunRef
@@ -120,7 +123,7 @@ def merge_dedup_split(
     train_manifest, val_manifest = steps.merge_dedup_split(
         PipelineParams.from_dict(params),
         RunRef(**run),
-        [hf_data.path, cc_data.path],
+        [data.path for data in (hf_data, cc_data) if data],
         train_data.path,
         val_data.path,
     )

@@ -67,7 +67,7 @@ class PipelineParams:
     # streamed; hf_max_records then applies per shard) and deduplicated with the crawl's sharded stages. 1 keeps
     # the single ingest_hf task.
     hf_shards: int = 1
-    # Tasks the cross-shard dedup fans out to, each one range of exact keys and a group of LSH bands.
+    # Tasks the cross-shard dedup fans out to, each one range of exact keys and an equal share of the LSH buckets.
     dedup_tasks: int = 1
     near_dedup: bool = DedupConfig.near
     dedup_threshold: float = DedupConfig.threshold

@@ -9,6 +9,12 @@ annotations as types).
 `build_common_crawl_pipeline` is the Common Crawl part alone (shards -> deduplicated, split dataset), for
 ingesting a crawl once and training on it many times.
 
+A compiled pipeline has every task, and its run parameters choose the sources: a run without a sharded source
+still runs the crawl's tasks on one placeholder shard (KFP cannot hand an artifact out of a `dsl.If`: kfp.local
+2.17 refuses `dsl.OneOf` over artifacts). A local run knows its parameters when it builds the DAG, so
+`pipeline_for(params)` leaves out what they do not use: the crawl's tasks without a sharded source, the
+`dedup-stages` sub-DAG when `dedup_tasks` is 1 (the write step then runs the stages itself, same answer).
+
 Each knob is a pipeline parameter with the default of `PipelineParams`; `start_run` validates them all and
 opens the parent MLflow run, later steps log into child runs of it. Run it locally, compile it or submit it
 with `python -m pipelines.run {local,compile,submit}`.
@@ -55,6 +61,7 @@ __all__ = [
     "build_common_crawl_pipeline",
     "build_pipeline",
     "neuroq_pipeline",
+    "pipeline_for",
 ]
 
 PIPELINE_NAME = "neuroq-training"
@@ -131,28 +138,37 @@ def _set_resources(task: Any, resources: dict[str, str]) -> None:
 
 def _common_crawl_tasks(cc_params: Any, val_fraction: Any, parallelism: int, image: Any, dedup_stages: Any) -> Any:
     """Add the sharded sources' tasks to the pipeline being defined: plan, one ingest task per shard, the dedup
-    stages across shards, the write."""
+    stages across shards (`dedup_stages`; None: the write runs them in its own process), the write."""
     plan = plan_cc_shards(params=cc_params)
     with dsl.ParallelFor(plan.output, parallelism=parallelism) as shard:
         ingest = ingest_cc_shard(shard=shard)
         _set_resources(ingest, CC_SHARD_RESOURCES)
         # S3 throttling and preempted nodes fail one shard; it retries alone, into a fresh output folder.
         ingest.set_retry(num_retries=CC_SHARD_RETRIES, backoff_duration="30s").set_container_image(image)
-    partitions = plan_dedup_partitions(params=cc_params)
-    stages = dedup_stages(partitions=partitions.output, shards=dsl.Collected(ingest.outputs["data"]), image=image)
-    crawl = ingest_common_crawl(params=cc_params, shards=dsl.Collected(ingest.outputs["data"]),
-                                drops=stages.output, val_fraction=val_fraction)
+    tasks = [plan, ingest]
+    # One dsl.Collected per consumer: the compiler loses track of the loop when one is handed to two tasks.
+    if dedup_stages is None:
+        crawl = ingest_common_crawl(params=cc_params, shards=dsl.Collected(ingest.outputs["data"]),
+                                    val_fraction=val_fraction)
+    else:
+        partitions = plan_dedup_partitions(params=cc_params)
+        stages = dedup_stages(partitions=partitions.output, shards=dsl.Collected(ingest.outputs["data"]), image=image)
+        crawl = ingest_common_crawl(params=cc_params, shards=dsl.Collected(ingest.outputs["data"]),
+                                    val_fraction=val_fraction, drops=stages.output)
+        tasks.append(partitions)
     _set_resources(crawl, CC_WRITE_RESOURCES)
-    for task in (plan, ingest, partitions, crawl):
+    for task in (*tasks, crawl):
         task.set_caching_options(True)
-    for task in (plan, partitions, crawl):
-        task.set_container_image(image)
+        if task is not ingest:
+            task.set_container_image(image)
     return plan, crawl
 
 
-def build_common_crawl_pipeline(parallelism: int = DEFAULT_PARALLELISM) -> Any:
-    """The crawl alone: its shards ingested and deduplicated into one train/validation dataset, no MLflow."""
-    dedup_stages = _dedup_stages(parallelism)  # KFP defines a sub-DAG outside the pipeline that uses it
+def build_common_crawl_pipeline(parallelism: int = DEFAULT_PARALLELISM, dedup_fan_out: bool = True) -> Any:
+    """The crawl alone: its shards ingested and deduplicated into one train/validation dataset, no MLflow.
+    Without `dedup_fan_out` the write step runs the dedup stages itself (for `dedup_tasks` 1)."""
+    # KFP defines a sub-DAG outside the pipeline that uses it.
+    dedup_stages = _dedup_stages(parallelism) if dedup_fan_out else None
 
     @dsl.pipeline(name=CC_PIPELINE_NAME, description="Ingest a Common Crawl window in shards, deduplicated.")
     def common_crawl_pipeline(
@@ -166,11 +182,15 @@ def build_common_crawl_pipeline(parallelism: int = DEFAULT_PARALLELISM) -> Any:
     return common_crawl_pipeline
 
 
-def build_pipeline(checkpoint_pvc: str = "", parallelism: int = DEFAULT_PARALLELISM) -> Any:
+def build_pipeline(checkpoint_pvc: str = "", parallelism: int = DEFAULT_PARALLELISM, sharded_sources: bool = True,
+                   dedup_fan_out: bool = True) -> Any:
     """The pipeline; with `checkpoint_pvc`, train_neuroq mounts that PersistentVolumeClaim at CHECKPOINT_MOUNT and
     `checkpoint_dir` defaults to it, so a retried train task resumes from its last checkpoint (a compile-time
-    choice: a pod spec cannot mount a claim whose name is empty)."""
-    dedup_stages = _dedup_stages(parallelism)  # KFP defines a sub-DAG outside the pipeline that uses it
+    choice: a pod spec cannot mount a claim whose name is empty). Without `sharded_sources` it has no crawl
+    tasks (runs must then select no sharded source), without `dedup_fan_out` no `dedup-stages` sub-DAG (runs
+    with any `dedup_tasks` keep the same documents, deduplicated in the write step's one process)."""
+    # KFP defines a sub-DAG outside the pipeline that uses it.
+    dedup_stages = _dedup_stages(parallelism) if sharded_sources and dedup_fan_out else None
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="Ingest Japanese text, train a tokenizer and NeuroQ, evaluate, register.")
@@ -238,12 +258,15 @@ def build_pipeline(checkpoint_pvc: str = "", parallelism: int = DEFAULT_PARALLEL
         hf = ingest_hf(params={name: knobs[name] for name in HF_KNOBS}).after(start)
         hf.set_caching_options(True)
         hf.set_retry(num_retries=3, backoff_duration="30s")  # remote sources fail transiently
-        # The merge splits train/validation across all sources, so the crawl's dataset stays in one split.
-        plan, cc = _common_crawl_tasks({name: knobs[name] for name in CC_KNOBS}, 0.0, parallelism, image,
-                                       dedup_stages)
-        plan.after(start)
+        sources = {"hf_data": hf.outputs["data"]}
+        if sharded_sources:
+            # The merge splits train/validation across all sources, so the crawl's dataset stays in one split.
+            plan, cc = _common_crawl_tasks({name: knobs[name] for name in CC_KNOBS}, 0.0, parallelism, image,
+                                           dedup_stages)
+            plan.after(start)
+            sources["cc_data"] = cc.outputs["data"]
 
-        split = merge_dedup_split(params=params, run=run, hf_data=hf.outputs["data"], cc_data=cc.outputs["data"])
+        split = merge_dedup_split(params=params, run=run, **sources)
         tok = train_tokenizer(params=params, run=run, train_data=split.outputs["train_data"])
         trained = train_neuroq(params=params, run=run, train_data=split.outputs["train_data"],
                                val_data=split.outputs["val_data"], tokenizer=tok.outputs["tokenizer"])
@@ -278,3 +301,11 @@ def build_pipeline(checkpoint_pvc: str = "", parallelism: int = DEFAULT_PARALLEL
 
 
 neuroq_pipeline = build_pipeline()
+
+
+def pipeline_for(params: PipelineParams) -> Any:
+    """The pipeline with only the tasks that `params` use, for a run that knows them when it builds the DAG
+    (kfp.local): no crawl tasks without a sharded source, no dedup sub-DAG when `dedup_tasks` is 1."""
+    from components.steps.data import sharded_sources  # imports MLflow: only a local run pays for it
+
+    return build_pipeline(sharded_sources=bool(sharded_sources(params)), dedup_fan_out=params.dedup_tasks > 1)

@@ -44,7 +44,8 @@ def run_local(
     parent_run_id: str = "",
     verbose: bool = False,
 ) -> LocalRun:
-    """Run the whole DAG here with `kfp.local`'s SubprocessRunner.
+    """Run the pipeline here with `kfp.local`'s SubprocessRunner, built with the tasks `params` use
+    (`pipelines.pipeline.pipeline_for`).
 
     Each step runs as a subprocess of this Python environment (which is the image contract's installation),
     with artifacts under `pipeline_root`. The terminal gets one line per step (`console.StepConsole`; everything
@@ -54,7 +55,7 @@ def run_local(
 
     from components.steps import tracking
     from pipelines.console import StepConsole
-    from pipelines.pipeline import neuroq_pipeline
+    from pipelines.pipeline import pipeline_for
 
     # The subprocess runner uses this environment whatever image a task names, and GPU/CPU/memory requests
     # only mean something to a cluster: both warnings would fire for every task of every local run.
@@ -70,7 +71,8 @@ def run_local(
     if not params.reuse_dir:
         params = dataclasses.replace(params, reuse_dir=str(root / "reuse"))
     with StepConsole(root / f".logs-{os.getpid()}", sys.stdout, verbose=verbose).capturing() as console:
-        task = neuroq_pipeline(**params.to_dict(), tracking_uri=uri, run_name=run_name, parent_run_id=parent_run_id)
+        task = pipeline_for(params)(**params.to_dict(), tracking_uri=uri, run_name=run_name,
+                                    parent_run_id=parent_run_id)
     run = console.output("start-run")["parameterValues"]["run"]
     return LocalRun(str(task.output), run["parent_run_id"], uri, console.log_dir)
 

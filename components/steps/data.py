@@ -32,6 +32,7 @@ __all__ = [
     "merge_dedup_split",
     "plan_common_crawl_shards",
     "plan_dedup_partitions",
+    "sharded_sources",
 ]
 
 
@@ -60,7 +61,7 @@ def ingest_common_crawl(params: PipelineParams, out_dir: str) -> dict[str, Any]:
 _NO_CRAWL = "data_sources names no sharded source (common_crawl, or huggingface with hf_shards > 1)"
 
 
-def _sharded_sources(params: PipelineParams) -> list[tuple[Any, int]]:
+def sharded_sources(params: PipelineParams) -> list[tuple[Any, int]]:
     """The sources ingested in shards, in the order one process reads them, with their shard counts."""
     sources: list[tuple[Any, int]] = []
     if "huggingface" in params.sources and params.hf_shards > 1:
@@ -80,7 +81,7 @@ def plan_common_crawl_shards(params: PipelineParams) -> list[dict[str, Any]]:
     from neuroq.ingest.sharded import plan_shards
 
     configs = []
-    for source, shards in _sharded_sources(params):
+    for source, shards in sharded_sources(params):
         if isinstance(source, HFSourceConfig):
             configs += [replace(source, num_shards=shards, shard_index=i) for i in range(shards)]
         else:
@@ -96,7 +97,7 @@ def plan_common_crawl_shards(params: PipelineParams) -> list[dict[str, Any]]:
 
 def _crawl_config(params: PipelineParams, out_dir: str, val_fraction: float = 0.0, source: Any = None) -> Any:
     """The ingest config of the sharded sources (near-dedup happens in the shard stages, Parquet output)."""
-    sources = [source] if source is not None else [s for s, _ in _sharded_sources(params)]
+    sources = [source] if source is not None else [s for s, _ in sharded_sources(params)]
     config = params.ingest_config(sources, out_dir)
     return replace(config, output=replace(config.output, format="parquet", val_fraction=val_fraction))
 

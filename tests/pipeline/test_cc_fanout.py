@@ -2,7 +2,8 @@
 
 The crawl pipeline (plan -> ParallelFor of shard tasks -> dedup across shards) must give what one process
 gives, while S3 is down for the shard tasks' first attempt (they fail and are retried) and with a corrupt, a
-truncated and a missing WET file in the window; a second run reuses every task from kfp.local's cache.
+truncated and a missing WET file in the window; a second run reuses every task from kfp.local's cache. Built
+without the dedup sub-DAG (a local run's choice for dedup_tasks 1), it gives the same.
 """
 
 from __future__ import annotations
@@ -58,14 +59,14 @@ def crawl_s3() -> Iterator[SeaweedS3]:
         yield server
 
 
-def _run(params: PipelineParams, root: Path) -> list[Path]:
+def _run(params: PipelineParams, root: Path, dedup_fan_out: bool = True) -> list[Path]:
     """Run the crawl pipeline with kfp.local; the run folders it created (none when every task was cached)."""
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*", category=UserWarning)
     warnings.filterwarnings("ignore", message=".*base image.*", category=RuntimeWarning)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=True)
     before = set(root.glob(f"{CC_PIPELINE_NAME}-*"))
-    build_common_crawl_pipeline(parallelism=2)(params={name: getattr(params, name) for name in CC_KNOBS},
-                                               val_fraction=params.val_fraction)
+    pipeline = build_common_crawl_pipeline(parallelism=2, dedup_fan_out=dedup_fan_out)
+    pipeline(params={name: getattr(params, name) for name in CC_KNOBS}, val_fraction=params.val_fraction)
     return sorted(set(root.glob(f"{CC_PIPELINE_NAME}-*")) - before)
 
 
@@ -79,14 +80,23 @@ def _urls(folder: Path, manifest: dict) -> dict[str, list[str]]:
                     for doc in read_documents(folder / entry["path"])] for split in ("train", "validation")}
 
 
+def _params(server: SeaweedS3, dedup_tasks: int) -> PipelineParams:
+    return PipelineParams(data_sources="common_crawl", cc_crawl_id=WIDE_CRAWL_ID, cc_endpoint_url=server.endpoint_url,
+                          cc_max_records=0, cc_max_files=10, cc_shards=SHARDS, dedup_tasks=dedup_tasks,
+                          val_fraction=0.25)
+
+
+def _single(params: PipelineParams, out: Path) -> dict:
+    """What `python -m neuroq.ingest` writes for the same window in one process."""
+    config = params.ingest_config([params.common_crawl_config()], str(out))
+    config = dataclasses.replace(config, output=dataclasses.replace(config.output, format="parquet",
+                                                                    val_fraction=params.val_fraction))
+    return run_ingest(config).manifest
+
+
 def test_fanned_out_crawl_ingest_equals_one_process_through_a_failed_attempt_and_a_cached_rerun(crawl_s3, tmp_path):
-    params = PipelineParams(data_sources="common_crawl", cc_crawl_id=WIDE_CRAWL_ID,
-                            cc_endpoint_url=crawl_s3.endpoint_url, cc_max_records=0, cc_max_files=10,
-                            cc_shards=SHARDS, dedup_tasks=DEDUP_TASKS, val_fraction=0.25)
-    single_config = params.ingest_config([params.common_crawl_config()], str(tmp_path / "single"))
-    single_config = dataclasses.replace(single_config, output=dataclasses.replace(
-        single_config.output, format="parquet", val_fraction=params.val_fraction))
-    single = run_ingest(single_config).manifest
+    params = _params(crawl_s3, DEDUP_TASKS)
+    single = _single(params, tmp_path / "single")
 
     handler = _RestartOnRetry(crawl_s3)
     root_logger = logging.getLogger()
@@ -125,3 +135,15 @@ def test_fanned_out_crawl_ingest_equals_one_process_through_a_failed_attempt_and
     # (one entry each), so the rerun writes no task output at all.
     assert len(list((tmp_path / "kfp" / ".kfp_cache").glob("*.json"))) == 1 + SHARDS + 1 + DEDUP_TASKS + 1 + 1
     assert second == []
+
+
+def test_a_crawl_pipeline_built_without_the_dedup_sub_dag_equals_one_process(crawl_s3, tmp_path):
+    params = _params(crawl_s3, 1)
+    single = _single(params, tmp_path / "single")
+    [run] = _run(params, tmp_path / "kfp", dedup_fan_out=False)
+
+    folder, manifest = _dataset(run)
+    assert _urls(folder, manifest) == _urls(tmp_path / "single", single)
+    assert manifest["stages"] == single["stages"]
+    assert manifest["splits"] == single["splits"]
+    assert not list(run.glob("dedup-partition*")) and not list(run.glob("**/partition.json"))

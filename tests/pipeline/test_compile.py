@@ -8,6 +8,7 @@ import inspect
 from pathlib import Path
 
 import yaml
+from kfp import compiler
 
 from components.params import PipelineParams
 from pipelines.pipeline import (
@@ -21,6 +22,7 @@ from pipelines.pipeline import (
     TRAIN_RETRIES,
     TRAIN_SHM_VOLUME,
     neuroq_pipeline,
+    pipeline_for,
 )
 from pipelines.run import main
 
@@ -139,3 +141,26 @@ def test_compiled_yaml_fans_the_crawl_out_over_shard_tasks_with_their_parallelis
     assert main(["compile", "--out", str(out)]) == 0
     default_loop = yaml.safe_load_all(out.read_text()).__next__()["root"]["dag"]["tasks"][loop_name]
     assert default_loop["iteratorPolicy"] == {"parallelismLimit": DEFAULT_PARALLELISM}
+
+
+def _root_tasks(pipeline, tmp_path: Path) -> dict:
+    compiler.Compiler().compile(pipeline, str(tmp_path / "pipeline.yaml"))
+    return next(yaml.safe_load_all((tmp_path / "pipeline.yaml").read_text()))["root"]["dag"]["tasks"]
+
+
+def test_a_local_run_builds_only_the_crawl_tasks_its_parameters_use(tmp_path):
+    # The defaults select no sharded source: no crawl task at all, the merge reads ingest_hf's dataset alone.
+    tasks = _root_tasks(pipeline_for(PipelineParams()), tmp_path)
+    assert sorted(tasks) == ["evaluate", "ingest-hf", "merge-dedup-split", "register", "start-run", "train-neuroq",
+                             "train-tokenizer"]
+    assert list(tasks["merge-dedup-split"]["inputs"]["artifacts"]) == ["hf_data"]
+    # The crawl with dedup_tasks 1: shard tasks and the write, which runs the dedup stages itself.
+    tasks = _root_tasks(pipeline_for(PipelineParams(data_sources="bundled,common_crawl")), tmp_path)
+    assert {"plan-cc-shards", "ingest-common-crawl"} <= set(tasks)
+    assert not {"plan-dedup-partitions", "dedup-stages"} & set(tasks)
+    assert list(tasks["ingest-common-crawl"]["inputs"]["artifacts"]) == ["shards"]
+    assert sorted(tasks["merge-dedup-split"]["inputs"]["artifacts"]) == ["cc_data", "hf_data"]
+    # More dedup tasks: the dedup-stages sub-DAG hands the write its drops, as in the compiled pipeline.
+    tasks = _root_tasks(pipeline_for(PipelineParams(data_sources="common_crawl", dedup_tasks=3)), tmp_path)
+    assert tasks["ingest-common-crawl"]["inputs"]["artifacts"]["drops"]["taskOutputArtifact"]["producerTask"] == \
+        "dedup-stages"

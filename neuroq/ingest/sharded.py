@@ -70,10 +70,12 @@ SHARD_FORMAT = "neuroq-ingest-shard"
 PARTITION_MANIFEST, PARTITION_FORMAT = "partition.json", "neuroq-dedup-partition"
 CLUSTER_MANIFEST, CLUSTER_FORMAT = "cluster.json", "neuroq-dedup-cluster"
 _POSITION_BITS = 40  # a document id is shard << 40 | position: 10^12 documents per shard, 2^23 shards
-_BATCH_ROWS = 8192  # rows per Parquet row group and per read batch: what a stage holds of each shard at a time
-# Band rows carry a 512-byte signature: a smaller row group keeps a partition's read of each shard (the row groups
-# that overlap its bucket range, one at a time) near its share of the shard rather than 4 MB of it.
+# Rows per Parquet row group. A stage reads a file one row group at a time, so this is what it holds of each shard:
+# key rows are ~50 bytes; band rows carry a 512-byte signature and text rows a page, so those files get smaller
+# groups (a partition's read of a shard then stays near its share of it, the write holds ~1,000 pages).
+_KEY_ROWS = 8192
 _BAND_ROWS = 1024
+_TEXT_ROWS = 1024
 _KEY_PREFIX_SPACE = 1 << 16  # exact-key ranges are ranges of the keys' first two bytes
 _BUCKET_SPACE = 1 << 32  # LSH bucket ranges are ranges of a band key's crc32
 
@@ -111,7 +113,7 @@ def _document_id(shard: int, position: int) -> int:
     return shard << _POSITION_BITS | position
 
 
-def _write_table(path: Path, table: pa.Table, row_group_size: int = _BATCH_ROWS) -> None:
+def _write_table(path: Path, table: pa.Table, row_group_size: int = _KEY_ROWS) -> None:
     pq.write_table(table, path, row_group_size=row_group_size, compression="zstd")
 
 
@@ -168,7 +170,7 @@ def _write_shard(config: IngestConfig, index: int, root: Path) -> dict[str, Any]
                 signatures.append(hasher.signature(doc.text))
             rows.append({"position": position, **doc.to_record(),
                          "meta": json.dumps(doc.meta, ensure_ascii=False)})
-            if len(rows) >= _BATCH_ROWS:
+            if len(rows) >= _TEXT_ROWS:
                 docs.write_table(pa.Table.from_pylist(rows, schema=_DOCS_SCHEMA))
                 rows = []
         docs.write_table(pa.Table.from_pylist(rows, schema=_DOCS_SCHEMA))
@@ -245,7 +247,7 @@ def exact_copies(shard_dirs: Sequence[Path], prefix_range: tuple[int, int]) -> t
     """(document, first copy) for each distinct text of a shard whose exact key an earlier shard had first, and
     the number of key rows read.
 
-    One task per range of key prefixes: every shard's sorted keys in the range are merged, so memory is a batch
+    One task per range of key prefixes: every shard's sorted keys in the range are merged, so memory is a row group
     per shard.
     """
     where = ("prefix", *prefix_range)
@@ -400,7 +402,8 @@ def cluster_duplicates(partition_dirs: Sequence[str | os.PathLike[str]],
 def write_deduplicated(config: IngestConfig, shard_dirs: Sequence[str | os.PathLike[str]],
                        cluster_dir: str | os.PathLike[str]) -> IngestResult:
     """The shards' documents minus ``cluster_duplicates``' drops into ``config.output``, like ``run_ingest``
-    (train/validation shards, manifest with per-shard counts). Memory: one shard's drops at a time."""
+    (train/validation shards, manifest with per-shard counts). Memory: one shard's drops and exact-copy counts
+    and one row group of its texts at a time, the output a row group at a time: nothing that grows with the crawl."""
     dirs = _shard_dirs(config, shard_dirs)
     manifests = [read_shard_manifest(d) for d in dirs]
     stages = _read_json(Path(cluster_dir) / CLUSTER_MANIFEST, CLUSTER_FORMAT, "cluster_duplicates")

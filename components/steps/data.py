@@ -333,25 +333,25 @@ def _log_source_lineage(manifest: Mapping[str, Any]) -> None:
 
 
 def _write_split(manifest: Mapping[str, Any], merged_dir: Path, split: str, target: Path) -> dict[str, Any]:
-    """Move one split's shards to `target` as JSONL (what neuroq.data.read_texts reads) with its manifest."""
-    from neuroq.ingest.output import read_documents
+    """Move one split's shards to `target` as JSONL (what neuroq.data.read_texts reads) with its manifest.
+
+    Streamed, a record at a time: the digest reads the texts back from the written files and keeps their hashes.
+    """
+    from neuroq.ingest.output import iter_documents
 
     target.mkdir(parents=True, exist_ok=True)
-    texts: list[str] = []
-    for entry in manifest["splits"][split]["files"]:
-        shard = merged_dir / entry["path"]
-        records = read_documents(shard)
-        texts.extend(record["text"] for record in records)
-        name = shard.name.split(".")[0] + ".jsonl"
-        with (target / name).open("w", encoding="utf-8") as handle:
-            for record in records:
+    entries = manifest["splits"][split]["files"]
+    written = [target / (Path(entry["path"]).name.split(".")[0] + ".jsonl") for entry in entries]
+    for entry, path in zip(entries, written, strict=True):
+        with path.open("w", encoding="utf-8") as handle:
+            for record in iter_documents(merged_dir / entry["path"]):
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     split_manifest = {
         "format": "neuroq-split",
         "split": split,
-        "content_digest": text_digest(texts),
-        "documents_out": len(texts),
-        "characters_out": sum(map(len, texts)),
+        "content_digest": text_digest(record["text"] for path in written for record in iter_documents(path)),
+        "documents_out": sum(entry["documents"] for entry in entries),
+        "characters_out": sum(entry["characters"] for entry in entries),
         "dataset_digest": manifest["content_digest"],
         "sources": [{"label": s["label"], "uri": s["uri"]} for s in manifest["sources"]],
     }

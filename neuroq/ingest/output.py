@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import pyarrow as pa
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 from neuroq.ingest.config import OutputConfig
 from neuroq.ingest.document import Document
 
-__all__ = ["SPLITS", "ShardedWriter", "is_validation", "read_documents"]
+__all__ = ["SPLITS", "ShardedWriter", "is_validation", "iter_documents", "read_documents"]
 
 SPLITS = ("train", "validation")
 _PARQUET_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("url", pa.string()),
@@ -132,12 +133,18 @@ class ShardedWriter:
         return {"splits": splits, "content_digest": f"sha256:{self._content.hexdigest()}"}
 
 
-def read_documents(path: str | Path) -> list[dict[str, Any]]:
-    """Records of one shard file (any of the three formats), ``meta`` as a dict: for checks and small sets."""
+def iter_documents(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Records of one shard file (any of the three formats), ``meta`` as a dict, a row group or line at a time."""
     path = Path(path)
     if path.name.endswith(".parquet"):
-        rows = pq.read_table(path).to_pylist()
-        return [{**row, "meta": json.loads(row["meta"])} for row in rows]
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_ROW_GROUP):
+            yield from ({**row, "meta": json.loads(row["meta"])} for row in batch.to_pylist())
+        return
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        yield from (json.loads(line) for line in handle if line.strip())
+
+
+def read_documents(path: str | Path) -> list[dict[str, Any]]:
+    """Every record of one shard file: for checks and small sets."""
+    return list(iter_documents(path))

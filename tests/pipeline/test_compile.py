@@ -14,6 +14,7 @@ from components.params import PipelineParams
 from pipelines.pipeline import (
     CC_SHARD_RESOURCES,
     CC_SHARD_RETRIES,
+    CC_TASK_ENV,
     CHECKPOINT_MOUNT,
     DEDUP_PARTITION_RESOURCES,
     DEFAULT_PARALLELISM,
@@ -134,6 +135,9 @@ def test_compiled_yaml_fans_the_crawl_out_over_shard_tasks_with_their_parallelis
     resources = spec["deploymentSpec"]["executors"][label]["container"]["resources"]
     assert resources["resourceMemoryLimit"] == DEDUP_PARTITION_RESOURCES["memory_limit"]
     assert resources["resourceCpuRequest"] == DEDUP_PARTITION_RESOURCES["cpu_request"]
+    # The crawl tasks run with the allocator that returns freed row groups' memory.
+    env = spec["deploymentSpec"]["executors"][label]["container"]["env"]
+    assert env == [{"name": name, "value": value} for name, value in CC_TASK_ENV.items()]
     assert "cluster-duplicates" in stages
     assert tasks["ingest-common-crawl"]["inputs"]["artifacts"]["drops"]["taskOutputArtifact"]["producerTask"] == \
         "dedup-stages"

@@ -4,6 +4,7 @@ SeaweedFS S3 server on loopback; every task runs in its own process, as a KFP ta
 
     python bench/bench_ingest_sharded.py                          # 1, 2, 4, 8 shards of 2 files each
     python bench/bench_ingest_sharded.py --files-per-shard 4 --records 3000
+    python bench/bench_ingest_sharded.py --shards 1 --dedup-docs 1000 16000 --partitions 1 16 32
 
 Weak scaling: each shard has the same number of files, so a crawl of N shards is N times larger and flat
 per-task figures mean a task's cost depends on its own shard only. Shard tasks run one after another (CPU time
@@ -15,18 +16,20 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from bench.bench_ingest import generate_pages, write_wet
+from pipelines.pipeline import CC_TASK_ENV
 from tests.support.s3server import SeaweedS3
 
 CRAWL_ID = "CC-MAIN-2099-50"
 
 _TASK = """
-import json, resource, sys, time
+import json, sys, time
 from neuroq.ingest import CommonCrawlConfig, IngestConfig, OutputConfig
 from neuroq.ingest.sharded import (ShardPlan, cluster_duplicates, dedup_partition, ingest_shard, plan_partitions,
                                    write_deduplicated)
@@ -42,20 +45,25 @@ if args["stage"] == "shard":
               "bytes": manifest["source"]["events"]["wet_bytes_read"]}
 elif args["stage"] == "partition":
     [partition] = [p for p in plan_partitions(config.dedup, args["partitions"]) if p["index"] == args["index"]]
-    result = {"pairs": dedup_partition(config, args["shards"], partition, args["out"])["candidate_pairs"]}
+    report = dedup_partition(config, args["shards"], partition, args["out"])
+    result = {"pairs": report["candidate_pairs"], "band_rows": report["band_rows"]}
 elif args["stage"] == "cluster":
     result = {"pairs": cluster_duplicates(args["partitions"], args["out"])["candidate_pairs"]}
 else:
     manifest = write_deduplicated(config, args["shards"], args["drops"]).manifest
     result = {"documents": manifest["stages"]["dedup"]["in"], "kept": manifest["documents_out"]}
-result.update(wall_s=time.perf_counter() - started, cpu_s=time.process_time() - cpu,
-              peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# VmHWM, this process's own peak: Linux carries the parent's peak into ru_maxrss across exec.
+with open("/proc/self/status") as status:
+    peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+result.update(wall_s=time.perf_counter() - started, cpu_s=time.process_time() - cpu, peak_mb=peak_kb / 1024)
 print(json.dumps(result))
 """
 
 
 def _task(**args: object) -> dict:
-    done = subprocess.run([sys.executable, "-c", _TASK, json.dumps(args)], check=True, capture_output=True, text=True)
+    # The environment the pipeline gives its crawl tasks (the allocator among it).
+    done = subprocess.run([sys.executable, "-c", _TASK, json.dumps(args)], check=True, capture_output=True, text=True,
+                          env={**os.environ, **CC_TASK_ENV})
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -80,8 +88,10 @@ def main() -> None:
     parser.add_argument("--mix", choices=("cc-like", "ja-only"), default="cc-like")
     parser.add_argument("--dedup-docs", type=int, nargs="+", default=[1000, 4000, 16000],
                         help="Japanese documents (ja-only mix) for the dedup stages' memory")
-    parser.add_argument("--docs-per-partition", type=int, default=2000,
-                        help="documents per dedup partition task (dedup_tasks = documents / this)")
+    parser.add_argument("--dedup-shards", type=int, default=4,
+                        help="shards the dedup stages' documents are ingested in (a partition reads each of them)")
+    parser.add_argument("--partitions", type=int, nargs="+", default=[1, 4, 16],
+                        help="dedup partition tasks (dedup_tasks) to run over each document count")
     args = parser.parse_args()
 
     with SeaweedS3(public_read_buckets=("commoncrawl",)) as server, tempfile.TemporaryDirectory() as tmp_name:
@@ -101,30 +111,32 @@ def main() -> None:
                       f"| {r['bytes'] / 1e6:.2f} | {r['cpu_s']:.2f} | {r['records'] / r['cpu_s']:,.0f} "
                       f"| {r['bytes'] / 1e6 / r['cpu_s']:.2f} | {r['peak_mb']:.0f} |")
 
-        print(f"\n### Dedup stages as separate tasks over 4 shards, {args.docs_per_partition:,} documents per "
-              "partition task\n")
-        print("| documents | partition tasks | candidate pairs | kept | partition peak RSS MB (max) | cluster MB "
-              "| write MB | partition s (max) | cluster s | write s |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print(f"\n### Dedup stages as separate tasks over {args.dedup_shards} shards\n")
+        print("| documents | partition tasks | band rows read (max task) | candidate pairs | kept "
+              "| partition peak RSS MB (max) | cluster MB | write MB | partition s (max) | cluster s | write s |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for docs in args.dedup_docs:
-            crawl = f"CC-MAIN-2099-{docs}"
-            _upload_crawl(server, crawl, "ja-only", 4, docs // 4, tmp)
+            crawl = f"CC-MAIN-2099-{docs}-{args.dedup_shards}"
+            _upload_crawl(server, crawl, "ja-only", args.dedup_shards, docs // args.dedup_shards, tmp)
             shard_dirs = []
-            for index in range(4):
+            for index in range(args.dedup_shards):
                 shard_dirs.append(str(tmp / crawl / f"shard-{index}"))
                 _task(stage="shard", crawl=crawl, endpoint=server.endpoint_url, out=shard_dirs[-1],
                       plan={"index": index, "first_file": index, "max_files": 1})
-            # The partitions grow with the documents, as a cluster run would size them (docs/dedup_tasks fixed).
-            count = max(1, docs // args.docs_per_partition)
-            parts = [_task(stage="partition", crawl=crawl, endpoint=server.endpoint_url, shards=shard_dirs,
-                           partitions=count, index=i, out=str(tmp / crawl / f"partition-{i}")) for i in range(count)]
-            cluster = _task(stage="cluster", crawl=crawl, endpoint=server.endpoint_url, out=str(tmp / crawl / "drops"),
-                            partitions=[str(tmp / crawl / f"partition-{i}") for i in range(count)])
-            write = _task(stage="write", crawl=crawl, endpoint=server.endpoint_url, shards=shard_dirs,
-                          drops=str(tmp / crawl / "drops"), out=str(tmp / crawl / "out"))
-            print(f"| {write['documents']:,} | {count} | {cluster['pairs']:,} | {write['kept']:,} "
-                  f"| {max(p['peak_mb'] for p in parts):.0f} | {cluster['peak_mb']:.0f} | {write['peak_mb']:.0f} "
-                  f"| {max(p['wall_s'] for p in parts):.2f} | {cluster['wall_s']:.2f} | {write['wall_s']:.2f} |")
+            # Every partition count over the same shards: a cluster run sizes dedup_tasks to the documents, so
+            # the figure to watch is the largest task's peak where documents / tasks stays the same.
+            for count in args.partitions:
+                folder = tmp / crawl / f"partitions-{count}"
+                parts = [_task(stage="partition", crawl=crawl, endpoint=server.endpoint_url, shards=shard_dirs,
+                               partitions=count, index=i, out=str(folder / f"partition-{i}")) for i in range(count)]
+                cluster = _task(stage="cluster", crawl=crawl, endpoint=server.endpoint_url, out=str(folder / "drops"),
+                                partitions=[str(folder / f"partition-{i}") for i in range(count)])
+                write = _task(stage="write", crawl=crawl, endpoint=server.endpoint_url, shards=shard_dirs,
+                              drops=str(folder / "drops"), out=str(folder / "out"))
+                print(f"| {write['documents']:,} | {count} | {max(p['band_rows'] for p in parts):,} "
+                      f"| {cluster['pairs']:,} | {write['kept']:,} | {max(p['peak_mb'] for p in parts):.0f} "
+                      f"| {cluster['peak_mb']:.0f} | {write['peak_mb']:.0f} | {max(p['wall_s'] for p in parts):.2f} "
+                      f"| {cluster['wall_s']:.2f} | {write['wall_s']:.2f} |")
 
 
 if __name__ == "__main__":

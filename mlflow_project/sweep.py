@@ -8,8 +8,9 @@
 trial under the sweep's parent run, prints the best trial and the sweep table, and writes the best settings as a
 recipe. `trial` trains one set of settings given as flags and prints `val_bits_per_char=...` after every
 validation, for a Katib trial (deploy/k8s/katib/), whose metrics collector reads stdout: the training knobs are
-required, the model options default to off (`--position rope --norm rmsnorm --tie-embeddings --zero-init-residual
---z-loss 1e-4 --logit-softcap 30` turn them on; a switch also takes `=true` / `=false`, as Katib writes it). Every
+required, the model options default to NeuroQConfig's (rotary positions, the rest off: `--position learned --norm
+rmsnorm --tie-embeddings --zero-init-residual --z-loss 1e-4 --logit-softcap 30` change them; a switch also takes
+`=true` / `=false`, as Katib writes it). Every
 SweepConfig field is a flag of both (`token_budget` -> `--token-budget`).
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 
 from components.steps.sweep import run_sweep
 from neuroq.cli import ConfigArgs, flagify, run_command
-from neuroq.sweep import KNOBS, OPTIONS_OFF, SweepConfig, prepare_data, recipe_from, run_trial
+from neuroq.sweep import KNOBS, OPTION_DEFAULTS, SweepConfig, prepare_data, recipe_from, run_trial
 
 
 def _run(ns: argparse.Namespace, cfg: SweepConfig) -> None:
@@ -82,17 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     knobs = trial.add_argument_group("settings")
     for name, (_, values) in KNOBS.items():
         flag = f"--{name.replace('_', '-')}"
-        if name not in OPTIONS_OFF:
+        if name not in OPTION_DEFAULTS:
             knobs.add_argument(flag, dest=name, required=True, type=int if name == "batch_size" else float)
             continue
-        off = OPTIONS_OFF[name]
-        if isinstance(off, bool):
-            knobs.add_argument(flag, dest=name, nargs="?", const=True, default=off, type=_switch, metavar="true|false",
-                               help=f"default {str(off).lower()}")
-        elif isinstance(off, str):
-            knobs.add_argument(flag, dest=name, default=off, choices=list(values), help=f"default {off}")
+        default = OPTION_DEFAULTS[name]
+        if isinstance(default, bool):
+            knobs.add_argument(flag, dest=name, nargs="?", const=True, default=default, type=_switch,
+                               metavar="true|false", help=f"default {str(default).lower()}")
+        elif isinstance(default, str):
+            knobs.add_argument(flag, dest=name, default=default, choices=list(values), help=f"default {default}")
         else:
-            knobs.add_argument(flag, dest=name, default=off, type=float, help=f"default {off} (off)")
+            knobs.add_argument(flag, dest=name, default=default, type=float, help=f"default {default} (0 = off)")
     trial.set_defaults(config_args=_sweep_args(trial), work=_trial)
     return parser
 

@@ -388,7 +388,7 @@ def load_checkpoint(
     root = _checkpoint_dir(Path(path))
     meta = read_checkpoint_config(root)
     try:
-        model_config = NeuroQConfig.from_dict(meta["model"])
+        model_config = NeuroQConfig.from_saved(meta["model"])
     except (ConfigError, TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(
             f"{root / CONFIG_FILE} describes a model this neuroq cannot build (another architecture or a newer "

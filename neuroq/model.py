@@ -12,9 +12,11 @@ and bias) are gone, and generation uses a KV cache instead of re-running the who
 growing one (:data:`KVCache`), or a :class:`StaticKVCache` allocated once, whose decode step has the same shapes
 at every step so that it can be captured (CUDA graphs).
 
-Model options, each off by default (a config without them, e.g. an older checkpoint's, builds today's model):
-tied input/output embeddings, rotary positions instead of the learned table (see :class:`CausalSelfAttention`
-for how they meet the QBNN term), zero-initialised residual writes, a logit soft-cap, RMSNorm for every norm.
+Model options: tied input/output embeddings, rotary positions instead of the learned table (see
+:class:`CausalSelfAttention` for how they meet the QBNN term), zero-initialised residual writes, a logit soft-cap,
+RMSNorm for every norm. Rotary positions are on by default, the others off, as measured (issue 18,
+bench/RESULTS.md); a checkpoint saved before a field existed loads as the model it was
+(:meth:`NeuroQConfig.from_saved`).
 
 One file on purpose, like nanoGPT's ``model.py``: it reads top-down (building blocks, then the config, then the
 model), and each QBNN piece is a small module beside the attention and MLP it modifies, so the whole computation a
@@ -390,13 +392,15 @@ _PRESETS: dict[str, dict[str, Any]] = {
 class NeuroQConfig:
     """Every NeuroQ hyperparameter; ``n_ff`` is the FFN width (the spec's brain mode uses 4 * n_embd).
 
-    The model options, each off by default (today's model, and what a checkpoint saved before they existed loads
-    as): ``tie_embeddings`` shares the token table with the LM head; ``position="rope"`` rotates q and k instead
-    of adding a learned position table (no ``pos_emb`` then; :class:`CausalSelfAttention` says how the QBNN term
-    stays unrotated); ``zero_init_residual`` starts every residual write at zero (:meth:`Block.zero_residual_writes`);
+    The defaults are the spec's layered size with what won on held-out authors at the original's size and at this
+    one (docs/sweep.md): rotary positions and no dropout (the spec's small models see less than an epoch). The
+    model options: ``tie_embeddings`` shares the token table with the LM head; ``position="rope"`` rotates q and
+    k instead of adding a learned position table (no ``pos_emb`` then; :class:`CausalSelfAttention` says how the
+    QBNN term stays unrotated); ``zero_init_residual`` starts every residual write at zero (:meth:`Block.zero_residual_writes`);
     ``logit_softcap`` > 0 bounds the logits to ``cap * tanh(logits / cap)`` everywhere the model computes them
     (training, evaluation, generation), since it is part of the model's function; ``norm="rmsnorm"`` makes every
-    norm an RMSNorm: ln1 and ln2 of each block, ln_f, and the norm inside each layered-mode QBNNLayer.
+    norm an RMSNorm: ln1 and ln2 of each block, ln_f, and the norm inside each layered-mode QBNNLayer. A config
+    read back from a checkpoint goes through :meth:`from_saved`, not the defaults.
     """
 
     mode: Mode = "layered"
@@ -406,12 +410,12 @@ class NeuroQConfig:
     n_head: int = 8
     n_layer: int = 6
     max_seq_len: int = 256
-    dropout: float = 0.1
+    dropout: float = 0.0
     lambda_entangle: float = 0.5
     brain_neurons: int = 96
     brain_steps: int = 2
     tie_embeddings: bool = False
-    position: Literal["learned", "rope"] = "learned"
+    position: Literal["learned", "rope"] = "rope"
     zero_init_residual: bool = False
     logit_softcap: float = 0.0
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
@@ -456,6 +460,18 @@ class NeuroQConfig:
         if unknown:
             raise ConfigError(f"unknown NeuroQConfig field(s): {', '.join(sorted(unknown))}")
         return cls(**data)
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> NeuroQConfig:
+        """:meth:`from_dict` for a config an older neuroq stored: the fields it lacks mean the model it trained."""
+        return cls.from_dict({**_LEGACY_FIELDS, **data})
+
+
+# What each field added after the first checkpoints meant before it existed. Defaults move with evidence; a stored
+# config that lacks a field must keep the model it was trained as, not pick up today's default (rope would drop
+# its learned position table).
+_LEGACY_FIELDS: dict[str, Any] = {"position": "learned", "zero_init_residual": False, "logit_softcap": 0.0,
+                                 "norm": "layernorm"}
 
 
 class NeuroQOutput(NamedTuple):

@@ -44,7 +44,7 @@ from neuroq.validation import is_int, is_number, require
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["KNOBS", "OPTIONS_OFF", "SweepConfig", "SweepData", "TrialResult", "baseline_settings", "create_study",
+__all__ = ["KNOBS", "OPTION_DEFAULTS", "SweepConfig", "SweepData", "TrialResult", "baseline_settings", "create_study",
            "held_out_groups", "optuna_objective", "prepare_data", "recipe_from", "run_trial", "steps_for", "suggest",
            "train_config"]
 
@@ -70,8 +70,9 @@ KNOBS: dict[str, tuple[str, Any]] = {
     "z_loss": ("categorical", (0.0, 1e-4)),
     "logit_softcap": ("categorical", (0.0, 30.0)),
 }
-# Each model option's off value: trial 0's, and what a trial command that does not name the option trains with.
-OPTIONS_OFF: dict[str, Any] = {
+# Each model option's default (NeuroQConfig's, TrainConfig's): trial 0's, and what a trial command that does not
+# name the option trains with.
+OPTION_DEFAULTS: dict[str, Any] = {
     "position": NeuroQConfig.position, "norm": NeuroQConfig.norm, "tie_embeddings": NeuroQConfig.tie_embeddings,
     "zero_init_residual": NeuroQConfig.zero_init_residual, "z_loss": TrainConfig.z_loss,
     "logit_softcap": NeuroQConfig.logit_softcap,
@@ -269,7 +270,7 @@ def baseline_settings(cfg: SweepConfig) -> dict[str, Any]:
     return {"lr": defaults.lr, "min_lr_ratio": defaults.min_lr / defaults.lr,
             "warmup_fraction": min(1.0, defaults.warmup_steps / steps), "weight_decay": defaults.weight_decay,
             "beta1": defaults.betas[0], "beta2": defaults.betas[1], "batch_size": defaults.batch_size,
-            "dropout": NeuroQConfig.dropout, "grad_clip": defaults.grad_clip, **OPTIONS_OFF}
+            "dropout": NeuroQConfig.dropout, "grad_clip": defaults.grad_clip, **OPTION_DEFAULTS}
 
 
 def train_config(cfg: SweepConfig, settings: Mapping[str, Any], vocab_size: int, out_dir: str) -> TrainConfig:

@@ -187,11 +187,13 @@ def test_tiny_model_memorises_a_repeated_sequence(mode: str) -> None:
 
 def test_spec_presets_have_the_expected_sizes() -> None:
     torch.manual_seed(0)
-    layered = NeuroQ(NeuroQConfig.preset("layered"))
+    # The spec's sizes with its learned position table; today's default, rotary positions, has no table.
+    layered = NeuroQ(NeuroQConfig.preset("layered", position="learned"))
     brain = NeuroQ(NeuroQConfig.preset("brain"))
     gpt = NeuroQ(NeuroQConfig.preset("gpt"))
     # The original counted 14.48M with 27% dead weights; ours carries none of them.
     assert layered.num_params(non_embedding=False) == 10_533_394
+    assert NeuroQ(NeuroQConfig.preset("layered")).num_params(non_embedding=False) == 10_533_394 - 256 * 256
     assert 3.0e6 <= brain.num_params(non_embedding=False) <= 3.2e6
     assert gpt.num_params(non_embedding=False) < layered.num_params(non_embedding=False)
     # non-embedding leaves out the position table and the (untied) token table, as nanoGPT reports

@@ -27,11 +27,12 @@ from tests.neuroq.test_model import VOCAB, padded_batch
 from tests.support.training import BLOCK, blocks, corpus, tiny_config  # noqa: F401 (corpus is a fixture)
 
 MODES = ("layered", "brain", "gpt")
-# option -> (NeuroQConfig fields, TrainConfig fields). The z-loss weight is far above a sweep's 1e-4 so that four
+# option -> (NeuroQConfig fields, TrainConfig fields), each the choice that is not the default (rotary positions
+# are: the learned table is the option). The z-loss weight is far above a sweep's 1e-4 so that four
 # steps show it; the cap is low enough to bind on a tiny model's logits.
 OPTIONS = {
     "tied": ({"tie_embeddings": True}, {}),
-    "rope": ({"position": "rope"}, {}),
+    "learned-positions": ({"position": "learned"}, {}),
     "zero-init": ({"zero_init_residual": True}, {}),
     "z-loss": ({}, {"z_loss": 0.05}),
     "softcap": ({"logit_softcap": 2.0}, {}),
@@ -85,13 +86,13 @@ def test_the_option_trains_reloads_to_the_same_model_and_decodes_alike_with_and_
     assert decoded(loaded.model, decoder="static") == reference
 
 
-def test_the_options_are_off_by_default_and_a_checkpoint_saved_before_they_existed_loads(tmp_path: Path,
-                                                                                          corpus) -> None:
+def test_the_defaults_are_the_measured_ones_and_a_checkpoint_saved_before_the_options_existed_loads_as_it_was(
+        tmp_path: Path, corpus) -> None:
     config = NeuroQConfig()
     assert (config.tie_embeddings, config.position, config.zero_init_residual, config.logit_softcap, config.norm) == (
-        False, "learned", False, 0.0, "layernorm")
+        False, "rope", False, 0.0, "layernorm")
     assert TrainConfig().z_loss == 0.0
-    model = tiny("layered", vocab_size=corpus["tokenizer"].vocab_size)
+    model = tiny("layered", vocab_size=corpus["tokenizer"].vocab_size, position="learned")
     path = save_checkpoint(tmp_path / "old", model, corpus["tokenizer"])
     meta = json.loads((path / "config.json").read_text())
     for name in ("position", "zero_init_residual", "logit_softcap", "norm"):
@@ -129,7 +130,7 @@ def test_a_negative_z_loss_is_refused_naming_the_field() -> None:
 
 
 def test_rope_replaces_the_position_table_and_keeps_the_size_counts() -> None:
-    learned, rope = tiny("layered"), tiny("layered", position="rope")
+    learned, rope = tiny("layered", position="learned"), tiny("layered")
     assert rope.pos_emb is None and not any("pos_emb" in name for name in rope.state_dict())
     table = learned.config.max_seq_len * learned.config.n_embd
     assert rope.num_params(non_embedding=False) == learned.num_params(non_embedding=False) - table

@@ -77,22 +77,24 @@ def test_a_continued_study_draws_new_settings(tmp_path: Path) -> None:
     assert suggest(again) != drawn
 
 
-def test_the_model_options_are_knobs_off_in_the_baseline_and_reach_the_trials_model_and_recipe() -> None:
+def test_the_model_options_are_knobs_at_their_defaults_in_the_baseline_and_reach_the_trials_model_and_recipe(
+        ) -> None:
     cfg = SweepConfig()
     baseline = baseline_settings(cfg)
     assert set(baseline) == set(KNOBS)
-    off = train_config(cfg, baseline, 500, "unused")
-    assert (off.model.position, off.model.norm, off.model.tie_embeddings, off.model.zero_init_residual,
-            off.model.logit_softcap, off.z_loss) == ("learned", "layernorm", False, False, 0.0, 0.0)
-    on = {**baseline, "position": "rope", "norm": "rmsnorm", "tie_embeddings": True, "zero_init_residual": True,
-          "z_loss": 1e-4, "logit_softcap": 30.0}
-    config = train_config(cfg, on, 500, "unused")
+    default = train_config(cfg, baseline, 500, "unused")
+    assert (default.model.position, default.model.norm, default.model.tie_embeddings,
+            default.model.zero_init_residual, default.model.logit_softcap, default.z_loss) == (
+        "rope", "layernorm", False, False, 0.0, 0.0)
+    changed = {**baseline, "position": "learned", "norm": "rmsnorm", "tie_embeddings": True,
+               "zero_init_residual": True, "z_loss": 1e-4, "logit_softcap": 30.0}
+    config = train_config(cfg, changed, 500, "unused")
     assert (config.model.position, config.model.norm, config.model.tie_embeddings, config.model.zero_init_residual,
-            config.model.logit_softcap, config.z_loss) == ("rope", "rmsnorm", True, True, 30.0, 1e-4)
+            config.model.logit_softcap, config.z_loss) == ("learned", "rmsnorm", True, True, 30.0, 1e-4)
     recipe = recipe_from(cfg, "on", config)
     assert recipe.train["z_loss"] == 1e-4
     applied = recipe.apply(TrainConfig())
     assert (applied.model.position, applied.model.norm, applied.model.tie_embeddings,
             applied.model.zero_init_residual, applied.model.logit_softcap, applied.z_loss) == (
-        "rope", "rmsnorm", True, True, 30.0, 1e-4)
+        "learned", "rmsnorm", True, True, 30.0, 1e-4)
     assert applied.model.n_embd == TrainConfig().model.n_embd  # options, not the size

@@ -51,12 +51,12 @@ def test_lr_warms_up_linearly_then_follows_a_cosine_down_to_min_lr():
     assert all(a >= b for a, b in zip(after_warmup, after_warmup[1:]))
 
 
-def test_min_lr_defaults_to_a_tenth_of_lr_and_no_warmup_starts_at_peak():
+def test_min_lr_defaults_to_half_of_lr_and_no_warmup_starts_at_peak():
     cfg = TrainConfig(model=NeuroQConfig.preset("tiny"), max_steps=10, warmup_steps=0, lr=2e-3)
 
-    assert cfg.min_lr == pytest.approx(2e-4)
+    assert cfg.min_lr == pytest.approx(1e-3)
     assert get_lr(0, cfg) == pytest.approx(2e-3)
-    assert get_lr(9, cfg) == pytest.approx(2e-4)
+    assert get_lr(9, cfg) == pytest.approx(1e-3)
 
 
 # ------------------------------------------------------------------------------------------------ config

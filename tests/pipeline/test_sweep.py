@@ -18,7 +18,7 @@ from mlflow_project import sweep as sweep_cli
 from neuroq.__main__ import main as neuroq_main
 from neuroq.checkpoint import read_checkpoint_config
 from neuroq.recipe import Recipe
-from neuroq.sweep import OPTIONS_OFF, SweepConfig, create_study
+from neuroq.sweep import OPTION_DEFAULTS, SweepConfig, create_study
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ TINY = SweepConfig(out_dir="", study_name="tiny", n_trials=3, token_budget=40_00
                    n_layer=1, context=32, vocab_size=1500, val_chars=0, evals=4, startup_trials=3, prune_after=2,
                    device="cpu", baseline=False)
 GOOD = dict(lr=3e-3, min_lr_ratio=0.1, warmup_fraction=0.0, weight_decay=0.1, beta1=0.9, beta2=0.95, batch_size=8,
-            dropout=0.0, grad_clip=1.0, **OPTIONS_OFF)
+            dropout=0.0, grad_clip=1.0, **OPTION_DEFAULTS)
 # A learning rate 3000x too small: after the first quarter of the budget it is still near the uniform model.
 BAD = {**GOOD, "lr": 1e-6}
 

@@ -8,7 +8,7 @@ totals the ingest's way: `content_digest`, `documents_out`, `characters_out`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -335,21 +335,26 @@ def _log_source_lineage(manifest: Mapping[str, Any]) -> None:
 def _write_split(manifest: Mapping[str, Any], merged_dir: Path, split: str, target: Path) -> dict[str, Any]:
     """Move one split's shards to `target` as JSONL (what neuroq.data.read_texts reads) with its manifest.
 
-    Streamed, a record at a time: the digest reads the texts back from the written files and keeps their hashes.
+    Streamed, a record at a time: the digest consumes the texts as they are written and keeps only their hashes.
     """
     from neuroq.ingest.output import iter_documents
 
     target.mkdir(parents=True, exist_ok=True)
     entries = manifest["splits"][split]["files"]
-    written = [target / (Path(entry["path"]).name.split(".")[0] + ".jsonl") for entry in entries]
-    for entry, path in zip(entries, written, strict=True):
-        with path.open("w", encoding="utf-8") as handle:
-            for record in iter_documents(merged_dir / entry["path"]):
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def write_texts() -> Iterator[str]:
+        for entry in entries:
+            name = Path(entry["path"]).name.split(".")[0] + ".jsonl"
+            with (target / name).open("w", encoding="utf-8") as handle:
+                for record in iter_documents(merged_dir / entry["path"]):
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    yield record["text"]
+
+    digest = text_digest(write_texts())  # writes the split
     split_manifest = {
         "format": "neuroq-split",
         "split": split,
-        "content_digest": text_digest(record["text"] for path in written for record in iter_documents(path)),
+        "content_digest": digest,
         "documents_out": sum(entry["documents"] for entry in entries),
         "characters_out": sum(entry["characters"] for entry in entries),
         "dataset_digest": manifest["content_digest"],

@@ -18,8 +18,8 @@ import gzip
 import hashlib
 import io
 import json
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyarrow as pa

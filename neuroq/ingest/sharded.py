@@ -43,7 +43,7 @@ import tempfile
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +70,15 @@ SHARD_FORMAT = "neuroq-ingest-shard"
 PARTITION_MANIFEST, PARTITION_FORMAT = "partition.json", "neuroq-dedup-partition"
 CLUSTER_MANIFEST, CLUSTER_FORMAT = "cluster.json", "neuroq-dedup-cluster"
 _POSITION_BITS = 40  # a document id is shard << 40 | position: 10^12 documents per shard, 2^23 shards
+_POSITION_MASK = (1 << _POSITION_BITS) - 1
 # Rows per Parquet row group. A stage reads a file one row group at a time, so this is what it holds of each shard:
 # key rows are ~50 bytes; band rows carry a 512-byte signature and text rows a page, so those files get smaller
 # groups (a partition's read of a shard then stays near its share of it, the write holds ~1,000 pages).
 _KEY_ROWS = 8192
 _BAND_ROWS = 1024
 _TEXT_ROWS = 1024
+# Pairs per sorted run a partition writes: 16 MB of them as int64, ~3x that while np.unique sorts a run.
+_RUN_PAIRS = 1 << 20
 _KEY_PREFIX_SPACE = 1 << 16  # exact-key ranges are ranges of the keys' first two bytes
 _BUCKET_SPACE = 1 << 32  # LSH bucket ranges are ranges of a band key's crc32
 
@@ -243,27 +246,28 @@ def _may_hold(chunk: pq.ColumnChunkMetaData, low: int, high: int) -> bool:
     return statistics.max >= low and statistics.min < high
 
 
-def exact_copies(shard_dirs: Sequence[Path], prefix_range: tuple[int, int]) -> tuple[np.ndarray, int]:
-    """(document, first copy) for each distinct text of a shard whose exact key an earlier shard had first, and
-    the number of key rows read.
+def exact_copies(shard_dirs: Sequence[Path], prefix_range: tuple[int, int], runs: _SortedRuns) -> int:
+    """(document, first copy) into ``runs`` for each distinct text of a shard whose exact key an earlier shard had
+    first; returns the number of key rows read.
 
     One task per range of key prefixes: every shard's sorted keys in the range are merged, so memory is a row group
     per shard.
     """
     where = ("prefix", *prefix_range)
     merged = heapq.merge(*(_rows(Path(d) / "keys.parquet", ["key", "document"], where) for d in shard_dirs))
-    pairs: list[tuple[int, int]] = []
     rows = 0
     for _, group in itertools.groupby(merged, key=lambda row: row[0]):
         first, *later = [document for _, document in group]
         rows += 1 + len(later)
-        pairs.extend((document, first) for document in later)
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2), rows
+        if later:
+            runs.add(np.column_stack([later, np.full(len(later), first)]))
+    return rows
 
 
-def bucket_pairs(shard_dirs: Sequence[Path], cell: tuple[int, int, int], hasher: MinHasher) -> tuple[np.ndarray, int]:
-    """(later, earlier) document pairs that share a band key in ``cell`` (band, first bucket, end bucket) and pass
-    the similarity check, and the number of band rows read.
+def bucket_pairs(shard_dirs: Sequence[Path], cell: tuple[int, int, int], hasher: MinHasher,
+                 runs: _SortedRuns) -> int:
+    """(later, earlier) document pairs into ``runs`` that share a band key in ``cell`` (band, first bucket, end
+    bucket) and pass the similarity check; returns the number of band rows read.
 
     Each shard's band file is sorted by bucket, then band key: equal keys (one bucket) meet in a k-way merge of
     the cell's rows, and only one group of them is held at a time.
@@ -272,7 +276,6 @@ def bucket_pairs(shard_dirs: Sequence[Path], cell: tuple[int, int, int], hasher:
     name = f"band-{band:02d}.parquet"
     columns = ["bucket", "band_key", "document", "signature"]
     merged = heapq.merge(*(_rows(Path(d) / "bands" / name, columns, ("bucket", low, high)) for d in shard_dirs))
-    pairs: list[tuple[int, int]] = []
     rows = 0
     for _, group in itertools.groupby(merged, key=lambda row: row[1]):
         members = list(group)
@@ -280,37 +283,106 @@ def bucket_pairs(shard_dirs: Sequence[Path], cell: tuple[int, int, int], hasher:
         if len(members) < 2:
             continue
         ids = np.array([document for _, _, document, _ in members], dtype=np.int64)
-        if not hasher.config.verify_candidates:
-            pairs.extend((int(ids[i]), int(e)) for i in range(1, len(ids)) for e in ids[:i])
-            continue
-        signatures = np.stack([np.frombuffer(signature, dtype=np.uint32) for *_, signature in members])
-        for i in range(1, len(ids)):
-            pairs.extend((int(ids[i]), int(e)) for e in ids[:i][hasher.similar(signatures[i], signatures[:i])])
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2), rows
+        if hasher.config.verify_candidates:
+            signatures = np.stack([np.frombuffer(signature, dtype=np.uint32) for *_, signature in members])
+            earlier = [ids[:i][hasher.similar(signatures[i], signatures[:i])] for i in range(1, len(ids))]
+        else:
+            earlier = [ids[:i] for i in range(1, len(ids))]
+        later = np.repeat(ids[1:], [len(e) for e in earlier])
+        if len(later):
+            runs.add(np.column_stack([later, np.concatenate(earlier)]))
+    return rows
 
 
-def first_seen_wins(pairs: np.ndarray) -> set[int]:
+class _SortedRuns:
+    """Document pairs written as Parquet files ``<name>-NNNNN.parquet``, each sorted by (document, other) without
+    repeats and at most ``_RUN_PAIRS`` long: the first half of an external sort, whose merge the cluster step
+    does (``_merged_pairs``). A partition then holds one run of pairs, however many its buckets yield; a pair found
+    in several bands of one run is written once (across runs, the merge meets the repeats next to each other)."""
+
+    def __init__(self, folder: Path, name: str) -> None:
+        self._folder, self._name = folder, name
+        self._pending: list[np.ndarray] = []
+        self._size = self.files = self.pairs = 0
+
+    def add(self, pairs: np.ndarray) -> None:
+        self._pending.append(pairs.astype(np.int64, copy=False))
+        self._size += len(pairs)
+        if self._size >= _RUN_PAIRS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._size:
+            return
+        run = np.unique(np.concatenate(self._pending), axis=0)  # sorted by document, then other
+        _write_table(self._folder / f"{self._name}-{self.files:05d}.parquet", _pairs_table(run))
+        self._pending, self._size = [], 0
+        self.files += 1
+        self.pairs += len(run)
+
+
+def _merged_pairs(folders: Sequence[Path], name: str) -> Iterator[tuple[int, int]]:
+    """Every partition's runs of ``name`` pairs as one stream sorted by document: a row group per run in memory."""
+    runs = sorted(path for folder in folders for path in folder.glob(f"{name}-*.parquet"))
+    return heapq.merge(*(_rows(path, ["document", "other"]) for path in runs))
+
+
+class DropSet:
+    """A set of document ids stored as one bit per position of each shard, grown as positions arrive.
+
+    The near-dropped documents are the only state of the cluster step that grows with the crawl: ~1 bit per
+    document (~20 MB for 150 M documents), where a Python set of ints costs ~70 bytes a member."""
+
+    def __init__(self) -> None:
+        self._bits: dict[int, bytearray] = {}
+        self._count = 0
+
+    def add(self, document: int) -> None:
+        bits = self._bits.setdefault(document >> _POSITION_BITS, bytearray())
+        byte = (document & _POSITION_MASK) >> 3
+        if byte >= len(bits):
+            bits.extend(bytes(max(byte + 1 - len(bits), len(bits))))  # doubling: amortised O(1) per document
+        if not bits[byte] >> (document & 7) & 1:
+            bits[byte] |= 1 << (document & 7)
+            self._count += 1
+
+    def __contains__(self, document: object) -> bool:
+        if not isinstance(document, int):
+            return False
+        bits = self._bits.get(document >> _POSITION_BITS)
+        byte = (document & _POSITION_MASK) >> 3
+        return bits is not None and byte < len(bits) and bool(bits[byte] >> (document & 7) & 1)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[int]:
+        """The members in ascending order."""
+        for shard in sorted(self._bits):
+            positions = np.flatnonzero(np.unpackbits(np.frombuffer(self._bits[shard], np.uint8), bitorder="little"))
+            yield from (_document_id(shard, int(position)) for position in positions)
+
+
+def first_seen_wins(pairs: Iterable[tuple[int, int]]) -> DropSet:
     """The documents a single pass in document order drops: those with an earlier neighbour that was kept.
 
-    ``pairs`` rows are (later, earlier). Memory and time follow the number of pairs, not of documents.
+    ``pairs`` are (later, earlier), sorted by the later document (repeats allowed): a document's fate is then known
+    before any later one asks for it, and the pairs can stream past. Memory: one bit per document (``DropSet``).
     """
-    dropped: set[int] = set()
-    if not len(pairs):
-        return dropped
-    ordered = np.unique(pairs, axis=0)  # sorted by the later document, then the earlier: a document's fate
-    boundaries = np.flatnonzero(np.diff(ordered[:, 0])) + 1  # is known before any later one asks for it
-    for group in np.split(ordered, boundaries):
-        if any(int(earlier) not in dropped for earlier in group[:, 1]):
-            dropped.add(int(group[0, 0]))
+    dropped = DropSet()
+    for later, group in itertools.groupby(pairs, key=lambda pair: pair[0]):
+        if any(earlier not in dropped for _, earlier in group):
+            dropped.add(later)
     return dropped
 
 
-def _resolve(near_dropped: set[int], copies: np.ndarray) -> dict[int, str]:
-    """Drop reason per document id: a later copy of a text goes the way its first copy went."""
-    reasons = dict.fromkeys(near_dropped, "near_duplicate")
-    for document, first in copies.tolist():
-        reasons[document] = "near_duplicate" if first in near_dropped else "exact_duplicate"
-    return reasons
+def _drops(near: DropSet, copies: Iterator[tuple[int, int]]) -> Iterator[tuple[int, str]]:
+    """(document, reason) in document order: the near-dropped, and each copy of a text an earlier shard had first,
+    which goes the way its first copy went."""
+    marked = heapq.merge(((document, -1) for document in near), copies)
+    for document, group in itertools.groupby(marked, key=lambda row: row[0]):
+        firsts = [first for _, first in group if first >= 0]
+        yield document, ("near_duplicate" if not firsts or firsts[0] in near else "exact_duplicate")
 
 
 def _equal_ranges(space: int, parts: int) -> list[tuple[int, int]]:
@@ -344,31 +416,24 @@ def _pairs_table(pairs: np.ndarray) -> pa.Table:
     return pa.table({"document": pairs[:, 0], "other": pairs[:, 1]}, schema=_PAIRS_SCHEMA)
 
 
-def _read_pairs(paths: Sequence[Path]) -> np.ndarray:
-    tables = [pq.read_table(path) for path in paths]
-    arrays = [np.column_stack([t.column("document").to_numpy(), t.column("other").to_numpy()]) for t in tables]
-    return np.concatenate(arrays).astype(np.int64) if arrays else np.zeros((0, 2), dtype=np.int64)
-
-
 def dedup_partition(config: IngestConfig, shard_dirs: Sequence[str | os.PathLike[str]], partition: dict[str, Any],
                     out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """One partition of ``plan_partitions`` over every shard: ``copies.parquet`` (document, first copy) of its key
-    range and ``pairs.parquet`` (later, earlier) verified in its band buckets. Memory: one row group per shard,
-    the largest group of equal keys, and its own pairs. The report counts the rows it read (``key_rows``,
-    ``band_rows``): its share of the crawl."""
+    """One partition of ``plan_partitions`` over every shard: ``copies-*.parquet`` (document, first copy) of its
+    key range and ``pairs-*.parquet`` (later, earlier) verified in its band buckets, each a set of sorted runs.
+    Memory: one row group per shard, the largest group of equal keys, and one run of pairs. The report counts the
+    rows it read (``key_rows``, ``band_rows``): its share of the crawl."""
     dirs = _shard_dirs(config, shard_dirs)
     started = time.perf_counter()
-    copies, key_rows = (exact_copies(dirs, tuple(partition["key_range"])) if partition["key_range"]
-                        else (np.zeros((0, 2), np.int64), 0))
     hasher = MinHasher(config.dedup)
-    found = [bucket_pairs(dirs, tuple(cell), hasher) for cell in partition["buckets"]]
-    pairs_array = np.concatenate([pairs for pairs, _ in found]) if found else np.zeros((0, 2), dtype=np.int64)
-    report = {"format": PARTITION_FORMAT, **partition, "exact_copies": len(copies),
-              "candidate_pairs": len(pairs_array), "key_rows": key_rows,
-              "band_rows": sum(rows for _, rows in found), "seconds": round(time.perf_counter() - started, 3)}
     with staged_folder(Path(out_dir)) as staging:
-        _write_table(staging / "copies.parquet", _pairs_table(copies))
-        _write_table(staging / "pairs.parquet", _pairs_table(pairs_array))
+        copies, pairs = _SortedRuns(staging, "copies"), _SortedRuns(staging, "pairs")
+        key_rows = exact_copies(dirs, tuple(partition["key_range"]), copies) if partition["key_range"] else 0
+        band_rows = sum(bucket_pairs(dirs, tuple(cell), hasher, pairs) for cell in partition["buckets"])
+        copies.flush()
+        pairs.flush()
+        report = {"format": PARTITION_FORMAT, **partition, "exact_copies": copies.pairs,
+                  "candidate_pairs": pairs.pairs, "runs": copies.files + pairs.files, "key_rows": key_rows,
+                  "band_rows": band_rows, "seconds": round(time.perf_counter() - started, 3)}
         write_json(staging / PARTITION_MANIFEST, report)
     return report
 
@@ -377,25 +442,35 @@ def cluster_duplicates(partition_dirs: Sequence[str | os.PathLike[str]],
                        out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Every partition's pairs and copies -> ``drops.parquet`` (document, reason), sorted by document.
 
-    First seen wins over the pairs (``first_seen_wins``), then each copy follows its first copy. Memory follows
-    the pairs and the copies found across shards, never the documents kept.
+    First seen wins over the pairs merged in document order (``first_seen_wins``), then each copy follows its
+    first copy. Memory: a row group per run read and one bit per document (``DropSet``), not the pairs.
     """
     reports = [_read_json(Path(d) / PARTITION_MANIFEST, PARTITION_FORMAT, "dedup_partition") for d in partition_dirs]
     started = time.perf_counter()
     folders = [Path(d) for d in partition_dirs]
-    copies = _read_pairs([d / "copies.parquet" for d in folders])
-    pairs = _read_pairs([d / "pairs.parquet" for d in folders])
-    reasons = _resolve(first_seen_wins(pairs), copies)
-    documents = np.array(sorted(reasons), dtype=np.int64)
-    report = {"format": CLUSTER_FORMAT, "partitions": len(reports), "exact_copies_across_shards": len(copies),
-              "candidate_pairs": len(pairs), "drops": len(documents),
-              "seconds": round(time.perf_counter() - started + sum(r["seconds"] for r in reports), 3)}
+    counts: Counter[str] = Counter()
+
+    def counted(name: str) -> Iterator[tuple[int, int]]:
+        for pair in _merged_pairs(folders, name):
+            counts[name] += 1
+            yield pair
+
+    near = first_seen_wins(counted("pairs"))
+    schema = pa.schema([("document", pa.int64()), ("reason", pa.string())])
     with staged_folder(Path(out_dir)) as staging:
-        _write_table(staging / "drops.parquet", pa.table({
-            "document": documents, "reason": pa.array([reasons[d] for d in documents.tolist()], pa.string())}))
+        with pq.ParquetWriter(staging / "drops.parquet", schema, compression="zstd") as writer:
+            drops = _drops(near, counted("copies"))
+            while chunk := list(itertools.islice(drops, _KEY_ROWS)):
+                documents, reasons = zip(*chunk, strict=True)
+                writer.write_table(pa.table({"document": documents, "reason": reasons}, schema=schema))
+                counts["drops"] += len(chunk)
+        report = {"format": CLUSTER_FORMAT, "partitions": len(reports),
+                  "exact_copies_across_shards": counts["copies"], "candidate_pairs": counts["pairs"],
+                  "drops": counts["drops"],
+                  "seconds": round(time.perf_counter() - started + sum(r["seconds"] for r in reports), 3)}
         write_json(staging / CLUSTER_MANIFEST, report)
-    logger.info("dedup across shards: %d exact copies, %d candidate pairs, %d drops", len(copies), len(pairs),
-                len(documents))
+    logger.info("dedup across shards: %d exact copies, %d candidate pairs, %d drops", counts["copies"],
+                counts["pairs"], counts["drops"])
     return report
 
 

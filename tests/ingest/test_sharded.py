@@ -14,15 +14,18 @@ from tests.ingest.fake_crawl import WIDE_CORRUPT, WIDE_CRAWL_ID, WIDE_MISSING, w
 
 from neuroq.errors import ConfigError
 from neuroq.ingest import CommonCrawlConfig, DedupConfig, IngestConfig, OutputConfig, read_documents, run_ingest
+from neuroq.ingest import sharded as sharded_module
 from neuroq.ingest.dedup import MinHasher
 from neuroq.ingest.sharded import (
     ShardPlan,
+    cluster_duplicates,
     dedup_partition,
     dedup_shards,
     first_seen_wins,
     ingest_shard,
     plan_partitions,
     plan_shards,
+    write_deduplicated,
 )
 
 
@@ -68,6 +71,23 @@ def test_any_number_of_shards_and_partitions_keeps_what_one_process_keeps(wide_c
     assert sharded["content_digest"] == single["content_digest"]
     assert sharded["splits"] == single["splits"]  # same files, byte for byte (their sha256)
     assert len(sharded["sources"][0]["shards"]) == shards
+
+
+def test_pairs_spilled_in_many_sorted_runs_merge_to_what_one_process_keeps(wide_config, tmp_path, monkeypatch):
+    # One pair per run: the cluster step's merge of runs is all that orders the pairs and meets their repeats.
+    monkeypatch.setattr(sharded_module, "_RUN_PAIRS", 1)
+    single = _single(wide_config, tmp_path / "single")
+    folders = _shard_folders(wide_config, 4, tmp_path)
+    [plan] = plan_partitions(wide_config.dedup, 1)
+    report = dedup_partition(wide_config, folders, plan, tmp_path / "partition")
+    assert report["runs"] == len(list((tmp_path / "partition").glob("*-*.parquet"))) > 4
+    cluster = cluster_duplicates([tmp_path / "partition"], tmp_path / "cluster")
+    assert cluster["candidate_pairs"] == report["candidate_pairs"] > 0
+    out = dataclasses.replace(wide_config, output=dataclasses.replace(wide_config.output,
+                                                                     output_dir=str(tmp_path / "out")))
+    manifest = write_deduplicated(out, folders, tmp_path / "cluster").manifest
+    assert _kept(tmp_path / "out", manifest) == _kept(tmp_path / "single", single)
+    assert manifest["stages"] == single["stages"]
 
 
 def test_copies_in_other_shards_are_dropped_with_the_reason_one_process_gives(wide_config, tmp_path):
@@ -153,8 +173,8 @@ def test_shards_are_contiguous_windows_of_the_wet_list():
 
 def test_a_document_whose_only_earlier_neighbour_was_dropped_is_kept():
     # 1 is like 0, 2 is like 1 but not like 0: one pass keeps 0, drops 1 and keeps 2 (clusters would drop 2).
-    assert first_seen_wins(np.array([[1, 0], [2, 1]])) == {1}
-    assert first_seen_wins(np.array([[2, 0], [2, 1], [1, 0]])) == {1, 2}
+    assert set(first_seen_wins([(1, 0), (2, 1)])) == {1}
+    assert set(first_seen_wins([(1, 0), (2, 0), (2, 1)])) == {1, 2}
 
 
 def test_shards_written_with_other_dedup_settings_are_refused(wide_config, tmp_path):

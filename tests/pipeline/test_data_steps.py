@@ -96,3 +96,29 @@ def test_bundled_and_common_crawl_sources_are_merged_deduplicated_and_split(craw
     mlflow.set_tracking_uri(run.tracking_uri)
     merged = mlflow.artifacts.load_dict(f"{merge.info.artifact_uri}/data/merged_manifest.json")
     assert merged["documents_out"] == train["documents_out"] + val["documents_out"]
+
+
+def test_the_merge_in_blocks_keeps_what_one_process_keeps(tmp_path, monkeypatch):
+    from neuroq.ingest import HFSourceConfig, read_documents, run_ingest
+
+    params = PipelineParams(data_sources="bundled", val_fraction=0.2, experiment_name="data-steps")
+    hf = data.ingest_hf(params, str(tmp_path / "hf"))
+    monkeypatch.setattr(data, "MERGE_SHARD_DOCUMENTS", hf["documents_out"] // 5)  # six blocks, the last one short
+    run = base.start(params, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    train, val = data.merge_dedup_split(params, run, [str(tmp_path / "hf")], str(tmp_path / "train"),
+                                        str(tmp_path / "val"))
+    source = HFSourceConfig(path=str(tmp_path / "hf" / "train"), label=hf["sources"][0]["label"])
+    single = run_ingest(params.ingest_config([source], str(tmp_path / "single"))).manifest
+
+    client = MlflowClient(run.tracking_uri)
+    [merge] = client.search_runs([client.get_experiment_by_name("data-steps").experiment_id],
+                                 filter_string=f"tags.mlflow.parentRunId = '{run.parent_run_id}'")
+    mlflow.set_tracking_uri(run.tracking_uri)
+    merged = mlflow.artifacts.load_dict(f"{merge.info.artifact_uri}/data/merged_manifest.json")
+    assert len(merged["sources"][0]["shards"]) == 6
+    assert merged["stages"] == single["stages"] and single["stages"]["dedup"]["dropped"]
+    assert train["dataset_digest"] == val["dataset_digest"] == single["content_digest"]
+    for split, written in (("train", train), ("validation", val)):
+        texts = [doc["text"] for entry in single["splits"][split]["files"]
+                 for doc in read_documents(tmp_path / "single" / entry["path"])]
+        assert written["content_digest"] == base.text_digest(texts)

@@ -48,6 +48,9 @@ ZH_SENTENCES = ["每年秋天，很多游客来到这里欣赏红叶。", "建�
                 "晚上的夜市十分热闹，可以品尝各种美食。", "交通方便，从车站步行十分钟即可到达。"]
 
 
+FAMILY = 200  # pages per template in the ja-families mix: ~FAMILY^2 / 2 candidate pairs each
+
+
 def _japanese(rng: random.Random) -> str:
     # Fixed sentences at most once per page, filled-in templates as often as drawn: real pages rarely repeat.
     fixed = rng.sample([t for t in JA_SENTENCES if "{" not in t], k=rng.randint(0, 4))
@@ -73,22 +76,31 @@ def _chinese(rng: random.Random) -> str:
 def generate_pages(mix: str, records: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     pages: list[str] = []
+    # ja-families: every page a near copy of one of records / FAMILY templates, as boilerplate-heavy sites are.
+    templates = [_japanese(rng) for _ in range(max(1, records // FAMILY))] if mix == "ja-families" else []
     for _ in range(records):
         if mix == "ja-only":
             roll = rng.random()
             if pages and roll < 0.05:
                 pages.append(rng.choice(pages))  # exact copy
             elif pages and roll < 0.15:
-                lines = rng.choice(pages).split("\n")  # near copy: one line rewritten
-                lines[rng.randrange(len(lines))] = rng.choice(JA_SENTENCES).format(
-                    place="札幌", thing="雪まつり", food="ラーメン", month=2, hour=7, minutes=5, year=1950)
-                pages.append("\n".join(lines))
+                pages.append(_near_copy(rng, rng.choice(pages)))
             else:
                 pages.append(_japanese(rng))
+        elif mix == "ja-families":
+            pages.append(_near_copy(rng, templates[len(pages) % len(templates)]))
         else:
             roll = rng.random()
             pages.append(_japanese(rng) if roll < 0.05 else _chinese(rng) if roll < 0.15 else _english(rng))
     return pages
+
+
+def _near_copy(rng: random.Random, page: str) -> str:
+    """The page with one line rewritten."""
+    lines = page.split("\n")
+    lines[rng.randrange(len(lines))] = rng.choice(JA_SENTENCES).format(
+        place="札幌", thing="雪まつり", food="ラーメン", month=2, hour=7, minutes=5, year=1950)
+    return "\n".join(lines)
 
 
 def write_wet(pages: list[str], path: Path) -> int:

@@ -84,11 +84,12 @@ DEFAULT_PARALLELISM = 8
 # One shard task: one core for gzip + filters + MinHash; its memory follows its own shard (its exact keys and
 # signatures, ~0.6 KB per kept page, texts a row group at a time), see bench/RESULTS.md.
 CC_SHARD_RESOURCES = {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2G", "memory_limit": "4G"}
-# A dedup partition: k-way merges of its key range and band buckets over every shard (a row group per shard), its
-# pairs; the cluster step: every candidate pair and cross-shard copy (~50 bytes each); the write: one shard's
-# drops and a row group of texts at a time. None of them holds the crawl; measured in bench/RESULTS.md.
+# A dedup partition: k-way merges of its key range and band buckets over every shard (a row group per shard), one
+# sorted run of its pairs; the cluster step: a merge of every run (a row group each) and one bit per document; the
+# write: one shard's drops and a row group of texts at a time. None holds the crawl's pairs or texts; measured in
+# bench/RESULTS.md.
 DEDUP_PARTITION_RESOURCES = {"cpu_request": "1", "cpu_limit": "2", "memory_request": "1G", "memory_limit": "2G"}
-DEDUP_CLUSTER_RESOURCES = {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2G", "memory_limit": "8G"}
+DEDUP_CLUSTER_RESOURCES = {"cpu_request": "1", "cpu_limit": "2", "memory_request": "1G", "memory_limit": "2G"}
 CC_WRITE_RESOURCES = {"cpu_request": "1", "cpu_limit": "2", "memory_request": "1G", "memory_limit": "2G"}
 CC_SHARD_RETRIES = 3
 # Arrow's default allocator (mimalloc) keeps the pages of freed row groups resident: on a 16k-document crawl a dedup

@@ -18,7 +18,7 @@ import mlflow
 from components.params import PipelineParams
 from components.steps import tracking
 from components.steps.base import REUSED_TAG, RunRef, log_config, read_manifest, reuse_or_run, step_run, text_digest
-from neuroq.ingest.config import HFSourceConfig, IngestConfig
+from neuroq.ingest.config import HFSourceConfig
 
 __all__ = [
     "cluster_duplicates",
@@ -253,6 +253,7 @@ def merge_dedup_split(
     import tempfile
 
     from neuroq.errors import DataError
+    from neuroq.ingest.sharded import ingest_in_blocks
 
     upstream = [(Path(folder), read_manifest(folder)) for folder in source_dirs]
     sources = [
@@ -269,10 +270,12 @@ def merge_dedup_split(
     def compute() -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix=".merge-", dir=Path(train_dir).parent) as scratch:
             merged_dir = Path(scratch) / "merged"
-            manifest = _dedup_in_shards(replace(config, output=replace(config.output, output_dir=str(merged_dir))),
-                                        sources, Path(scratch))
-            splits = {split: _write_split(manifest, merged_dir, split, target) for split, target in targets.items()}
-        return {"merged": manifest, "splits": splits}
+            # In blocks: memory follows a block, not the upstream datasets (run_ingest's index held them all).
+            result = ingest_in_blocks(replace(config, output=replace(config.output, output_dir=str(merged_dir))),
+                                      [documents for _, documents in sources])
+            splits = {split: _write_split(result.manifest, merged_dir, split, target)
+                      for split, target in targets.items()}
+        return {"merged": result.manifest, "splits": splits}
 
     with step_run(run, params, "merge_dedup_split"):
         log_config("dedup", asdict(config.dedup))
@@ -306,27 +309,6 @@ def merge_dedup_split(
             }
         )
         return {**splits["train"], "reused": bool(reused)}, {**splits["validation"], "reused": bool(reused)}
-
-
-# Documents per shard of the merge: an ingest shard holds ~0.6 KB of exact key and signature for each of its
-# documents, so ~120 MB here, whatever the size of the upstream datasets.
-MERGE_SHARD_DOCUMENTS = 200_000
-
-
-def _dedup_in_shards(config: IngestConfig, sources: list[tuple[HFSourceConfig, int]], scratch: Path) -> dict[str, Any]:
-    """The merge's dedup and split through the sharded ingest's stages, one after another in this task: each
-    upstream dataset in contiguous blocks of at most `MERGE_SHARD_DOCUMENTS`, so memory follows a block, not the
-    sum of the sources. Same documents, counts and files as `run_ingest` over the same sources (tested)."""
-    from neuroq.ingest.sharded import dedup_shards, ingest_shard
-
-    shard_dirs: list[Path] = []
-    for source, documents in sources:
-        blocks = -(-documents // MERGE_SHARD_DOCUMENTS)
-        for block in range(blocks):
-            shard_dirs.append(scratch / f"shard-{len(shard_dirs)}")
-            one = replace(source, num_shards=blocks, shard_index=block)
-            ingest_shard(replace(config, sources=(one,)), len(shard_dirs) - 1, shard_dirs[-1])
-    return dedup_shards(config, shard_dirs).manifest
 
 
 def _log_source_lineage(manifest: Mapping[str, Any]) -> None:

@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "run_ingest": "neuroq.ingest.pipeline",
     "QualityFilter": "neuroq.ingest.quality",
     "dedup_shards": "neuroq.ingest.sharded",
+    "ingest_in_blocks": "neuroq.ingest.sharded",
     "ingest_shard": "neuroq.ingest.sharded",
     "plan_shards": "neuroq.ingest.sharded",
     "QualityResult": "neuroq.ingest.quality",

@@ -9,6 +9,8 @@
     cluster_duplicates(dirs, out)    every partition's pairs -> first-seen-wins -> the dropped documents
     write_deduplicated(config, ...)  the shards' documents minus the drops, shard by shard, like run_ingest
     dedup_shards(config, dirs)       the last three one after another in one process (same code)
+    ingest_in_blocks(config, counts) run_ingest's answer for local datasets too large for its in-memory index:
+                                     each in blocks through ingest_shard, then dedup_shards
 
 A shard folder holds ``shard.json`` (its counts), ``docs.parquet`` (each text the first time the shard sees it,
 in source order), ``keys.parquet`` (exact keys sorted, with how many copies the shard saw) and
@@ -54,14 +56,15 @@ import pyarrow.parquet as pq
 
 from neuroq.errors import ConfigError
 from neuroq.ingest.commoncrawl import list_wet_files
-from neuroq.ingest.config import CommonCrawlConfig, DedupConfig, IngestConfig
+from neuroq.ingest.config import CommonCrawlConfig, DedupConfig, HFSourceConfig, IngestConfig
 from neuroq.ingest.dedup import MinHasher, exact_key
 from neuroq.ingest.document import Document
 from neuroq.ingest.pipeline import IngestResult, SourceRun, publish, stage_counts, staged_folder, write_json
 from neuroq.ingest.quality import QualityFilter
 
-__all__ = ["ShardPlan", "cluster_duplicates", "dedup_partition", "dedup_shards", "first_seen_wins", "ingest_shard",
-           "plan_partitions", "plan_shards", "read_shard_manifest", "write_deduplicated"]
+__all__ = ["BLOCK_DOCUMENTS", "DropSet", "ShardPlan", "cluster_duplicates", "dedup_partition", "dedup_shards",
+           "first_seen_wins", "ingest_in_blocks", "ingest_shard", "plan_partitions", "plan_shards",
+           "read_shard_manifest", "write_deduplicated"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,8 @@ _BAND_ROWS = 1024
 _TEXT_ROWS = 1024
 # Pairs per sorted run a partition writes: 16 MB of them as int64, ~3x that while np.unique sorts a run.
 _RUN_PAIRS = 1 << 20
+# Documents per block of ``ingest_in_blocks``: an ingest shard holds ~0.6 KB of exact key and signature for each.
+BLOCK_DOCUMENTS = 200_000
 _KEY_PREFIX_SPACE = 1 << 16  # exact-key ranges are ranges of the keys' first two bytes
 _BUCKET_SPACE = 1 << 32  # LSH bucket ranges are ranges of a band key's crc32
 
@@ -518,6 +523,34 @@ def dedup_shards(config: IngestConfig, shard_dirs: Sequence[str | os.PathLike[st
             dedup_partition(config, dirs, partition, folders[-1])
         cluster_duplicates(folders, Path(scratch) / "cluster")
         return write_deduplicated(config, dirs, Path(scratch) / "cluster")
+
+
+def ingest_in_blocks(config: IngestConfig, documents: Sequence[int],
+                     block_documents: int | None = None) -> IngestResult:
+    """``run_ingest`` over Hugging Face sources of known sizes in bounded memory, in one process: source ``i``
+    (``documents[i]`` rows) in contiguous blocks of at most ``block_documents`` rows (``Dataset.shard``), each
+    block an ``ingest_shard``, then ``dedup_shards``. Memory follows a block (~0.6 KB of exact key and signature
+    a document: ~120 MB at the default ``BLOCK_DOCUMENTS``), not the sum of the sources, and the answer is
+    ``run_ingest``'s (tested). A wrong count changes only the number of blocks: each block's rows come from the
+    dataset itself.
+    """
+    block_documents = block_documents or BLOCK_DOCUMENTS
+    if len(documents) != len(config.sources):
+        raise ConfigError(f"documents has {len(documents)} counts for {len(config.sources)} sources: one per source")
+    for source in config.sources:
+        if not isinstance(source, HFSourceConfig) or source.num_shards != 1:
+            raise ConfigError(f"ingest_in_blocks reads whole Hugging Face datasets, got {source!r}")
+    out = Path(config.output.output_dir).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.blocks-", dir=out.parent) as scratch:
+        shard_dirs: list[Path] = []
+        for source, count in zip(config.sources, documents, strict=True):
+            blocks = max(1, -(-count // block_documents))
+            for block in range(blocks):
+                shard_dirs.append(Path(scratch) / f"shard-{len(shard_dirs)}")
+                one = dataclasses.replace(source, num_shards=blocks, shard_index=block)
+                ingest_shard(dataclasses.replace(config, sources=(one,)), len(shard_dirs) - 1, shard_dirs[-1])
+        return dedup_shards(config, shard_dirs)
 
 
 def _shard_dirs(config: IngestConfig, shard_dirs: Sequence[str | os.PathLike[str]]) -> list[Path]:

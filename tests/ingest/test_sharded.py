@@ -22,6 +22,7 @@ from neuroq.ingest.sharded import (
     dedup_partition,
     dedup_shards,
     first_seen_wins,
+    ingest_in_blocks,
     ingest_shard,
     plan_partitions,
     plan_shards,
@@ -185,3 +186,10 @@ def test_shards_written_with_other_dedup_settings_are_refused(wide_config, tmp_p
                                 output=dataclasses.replace(wide_config.output, output_dir=str(tmp_path / "out")))
     with pytest.raises(ConfigError, match="dedup settings"):
         dedup_shards(other, [tmp_path / "s"])
+
+
+def test_ingest_in_blocks_takes_one_count_per_whole_hugging_face_dataset(wide_config):
+    with pytest.raises(ConfigError, match="one per source"):
+        ingest_in_blocks(wide_config, [])
+    with pytest.raises(ConfigError, match="whole Hugging Face datasets"):
+        ingest_in_blocks(wide_config, [10])

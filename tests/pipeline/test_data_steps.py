@@ -99,11 +99,11 @@ def test_bundled_and_common_crawl_sources_are_merged_deduplicated_and_split(craw
 
 
 def test_the_merge_in_blocks_keeps_what_one_process_keeps(tmp_path, monkeypatch):
-    from neuroq.ingest import HFSourceConfig, read_documents, run_ingest
+    from neuroq.ingest import HFSourceConfig, read_documents, run_ingest, sharded
 
     params = PipelineParams(data_sources="bundled", val_fraction=0.2, experiment_name="data-steps")
     hf = data.ingest_hf(params, str(tmp_path / "hf"))
-    monkeypatch.setattr(data, "MERGE_SHARD_DOCUMENTS", hf["documents_out"] // 5)  # six blocks, the last one short
+    monkeypatch.setattr(sharded, "BLOCK_DOCUMENTS", hf["documents_out"] // 5)  # six blocks, the last one short
     run = base.start(params, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     train, val = data.merge_dedup_split(params, run, [str(tmp_path / "hf")], str(tmp_path / "train"),
                                         str(tmp_path / "val"))

@@ -141,7 +141,8 @@ def main() -> None:
     parser.add_argument("--family-docs", type=int, nargs="*", default=[2000, 8000],
                         help="documents in families of near copies (ja-families mix), for the cluster step")
     parser.add_argument("--many-shards", type=int, nargs="*", default=[16, 128],
-                        help="shard counts of 20 documents each, for a partition's cost per shard")
+                        help="shard counts, for a partition's cost per shard it reads")
+    parser.add_argument("--many-shards-docs", type=int, default=20, help="documents per shard of --many-shards")
     parser.add_argument("--merge-docs", type=int, nargs="*", default=[10000, 40000],
                         help="documents of one local dataset, for merge_dedup_split's dedup in blocks")
     parser.add_argument("--merge-block", type=int, default=5000, help="documents per block (BLOCK_DOCUMENTS)")
@@ -170,7 +171,7 @@ def main() -> None:
         if args.family_docs:
             _table(f"Cluster step against candidate pairs: families of near copies, {args.dedup_shards} shards, "
                    "1 partition task", "documents", "kept", "candidate pairs (partition)", "sorted runs",
-                   "pairs merged (cluster)", "partition peak RSS MB", "cluster MB", "write MB", "partition s",
+                   "distinct pairs (cluster)", "partition peak RSS MB", "cluster MB", "write MB", "partition s",
                    "cluster s")
             for docs in args.family_docs:
                 part, cluster, write = _one_partition(server, "ja-families", args.dedup_shards,
@@ -193,11 +194,12 @@ def main() -> None:
                       f"| {single['peak_mb']:.0f} | {blocks['peak_mb']:.0f} | {single['wall_s']:.1f} "
                       f"| {blocks['wall_s']:.1f} |")
         if args.many_shards:
-            _table("A partition against the shards it reads: 20 documents per shard, 1 partition task",
+            _table(f"A partition against the shards it reads: {args.many_shards_docs} documents per shard, "
+                   "1 partition task",
                    "shards", "documents", "band rows read", "partition peak RSS MB", "cluster MB", "write MB",
                    "partition s", "write s")
             for shards in args.many_shards:
-                part, cluster, write = _one_partition(server, "ja-only", shards, 20, tmp)
+                part, cluster, write = _one_partition(server, "ja-only", shards, args.many_shards_docs, tmp)
                 print(f"| {shards:,} | {write['documents']:,} | {part['band_rows']:,} | {part['peak_mb']:.0f} "
                       f"| {cluster['peak_mb']:.0f} | {write['peak_mb']:.0f} "
                       f"| {part['wall_s']:.2f} | {write['wall_s']:.2f} |")

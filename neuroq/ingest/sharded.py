@@ -19,9 +19,10 @@ the bucket is a 32-bit hash of the band key). The layout follows datatrove's Min
 buckets -> clusters -> filter). As in datatrove's bucket stage, a task takes a range of buckets within a band, so
 ``n`` partitions split the LSH work n ways however few bands there are: a task reads its bucket range of every
 shard's band file as a k-way merge of sorted files (row groups outside the range skipped by their statistics),
-so its memory is one row group per shard, the largest group of equal band keys and its own pairs (~1/n of the
-crawl's). The exact stage does the same per range of key prefixes; only the cluster step sees the whole crawl,
-and then only its candidate pairs; the write step holds one shard's drops at a time.
+so its memory is one row group and footer per shard, the largest group of equal band keys and one sorted run of
+its pairs. The exact stage does the same per range of key prefixes. Only the cluster step sees the whole crawl:
+it merges the runs in document order, holding a row group per run and one bit per document; the write step holds
+one shard's drops at a time.
 
 Why the answer equals one process's. Documents are numbered by (shard, position), which is the order
 ``run_ingest`` reads them in, since shards are contiguous windows. One process keeps a document unless an
@@ -75,10 +76,10 @@ CLUSTER_MANIFEST, CLUSTER_FORMAT = "cluster.json", "neuroq-dedup-cluster"
 _POSITION_BITS = 40  # a document id is shard << 40 | position: 10^12 documents per shard, 2^23 shards
 _POSITION_MASK = (1 << _POSITION_BITS) - 1
 # Rows per Parquet row group. A stage reads a file one row group at a time, so this is what it holds of each shard:
-# key rows are ~50 bytes; band rows carry a 512-byte signature and text rows a page, so those files get smaller
-# groups (a partition's read of a shard then stays near its share of it, the write holds ~1,000 pages).
+# key rows are ~50 bytes; band rows carry a 512-byte signature (256 of them: ~0.1 MB a shard in a partition's
+# merge, where 1,024 cost ~1-2 MB with the allocator's leftovers) and text rows a page (the write holds ~1,000).
 _KEY_ROWS = 8192
-_BAND_ROWS = 1024
+_BAND_ROWS = 256
 _TEXT_ROWS = 1024
 # Pairs per sorted run a partition writes: 16 MB of them as int64, ~3x that while np.unique sorts a run.
 _RUN_PAIRS = 1 << 20
@@ -121,8 +122,11 @@ def _document_id(shard: int, position: int) -> int:
     return shard << _POSITION_BITS | position
 
 
-def _write_table(path: Path, table: pa.Table, row_group_size: int = _KEY_ROWS) -> None:
-    pq.write_table(table, path, row_group_size=row_group_size, compression="zstd")
+def _write_table(path: Path, table: pa.Table, row_group_size: int = _KEY_ROWS, indexed: str | None = None) -> None:
+    """Statistics only for ``indexed``, the column readers skip row groups by: a footer holds every row group's
+    statistics, and a partition holds every shard's footer (min/max of 512-byte signatures made them 4x larger)."""
+    pq.write_table(table, path, row_group_size=row_group_size, compression="zstd",
+                   write_statistics=[indexed] if indexed else False)
 
 
 def _bucket(band_key: bytes) -> int:
@@ -164,7 +168,7 @@ def _write_shard(config: IngestConfig, index: int, root: Path) -> dict[str, Any]
     signatures: list[np.ndarray] = []
     rows: list[dict[str, Any]] = []
     dedup_in = 0
-    with pq.ParquetWriter(root / "docs.parquet", _DOCS_SCHEMA, compression="zstd") as docs:
+    with pq.ParquetWriter(root / "docs.parquet", _DOCS_SCHEMA, compression="zstd", write_statistics=False) as docs:
         for position, doc in enumerate(run):
             dedup_in += 1
             if dedup.exact:
@@ -189,7 +193,7 @@ def _write_shard(config: IngestConfig, index: int, root: Path) -> dict[str, Any]
             "key": pa.array([key for key, _ in keys], pa.binary(32)),
             "document": pa.array([_document_id(index, pos) for _, pos in keys], pa.int64()),
             "copies": pa.array([1 + copies[pos] for _, pos in keys], pa.int32()),
-        }))
+        }), indexed="prefix")
     if hasher is not None:
         (root / "bands").mkdir()
         ids = np.array([_document_id(index, pos) for pos in positions], dtype=np.int64)
@@ -201,7 +205,8 @@ def _write_shard(config: IngestConfig, index: int, root: Path) -> dict[str, Any]
                               "band_key": pa.array(band_keys, pa.binary()), "document": ids,
                               "signature": signature_column})
             _write_table(root / "bands" / f"band-{band:02d}.parquet", table.sort_by(
-                [("bucket", "ascending"), ("band_key", "ascending"), ("document", "ascending")]), _BAND_ROWS)
+                [("bucket", "ascending"), ("band_key", "ascending"), ("document", "ascending")]), _BAND_ROWS,
+                indexed="bucket")
     report = run.report(dedup_in, dedup_in - sum(copies.values()), Counter())
     return {"format": SHARD_FORMAT, "index": index, "source": report, "dedup_in": dedup_in,
             "distinct": dedup_in - sum(copies.values()), "dedup": dataclasses.asdict(dedup)}
@@ -456,14 +461,19 @@ def cluster_duplicates(partition_dirs: Sequence[str | os.PathLike[str]],
     counts: Counter[str] = Counter()
 
     def counted(name: str) -> Iterator[tuple[int, int]]:
+        """The merged pairs, counting distinct ones: a pair found in the bands of several partitions comes once
+        from each, next to each other."""
+        previous = None
         for pair in _merged_pairs(folders, name):
-            counts[name] += 1
+            counts[name] += pair != previous
+            previous = pair
             yield pair
 
     near = first_seen_wins(counted("pairs"))
     schema = pa.schema([("document", pa.int64()), ("reason", pa.string())])
     with staged_folder(Path(out_dir)) as staging:
-        with pq.ParquetWriter(staging / "drops.parquet", schema, compression="zstd") as writer:
+        with pq.ParquetWriter(staging / "drops.parquet", schema, compression="zstd",
+                              write_statistics=["document"]) as writer:
             drops = _drops(near, counted("copies"))
             while chunk := list(itertools.islice(drops, _KEY_ROWS)):
                 documents, reasons = zip(*chunk, strict=True)

@@ -126,10 +126,11 @@ def test_fanned_out_crawl_ingest_equals_one_process_through_a_failed_attempt_and
     text = summary.read_text()
     assert "| dedup |" in text and "wet_files_unreadable" in text and text.count("\n| 3 |") == 1
 
-    # The dedup fanned out: each partition task found its own pairs, the cluster step saw them all.
+    # The dedup fanned out: each partition task found its own pairs, the cluster step saw them all (a pair found in
+    # the bands of two partitions is one pair to the cluster step).
     reports = [json.loads(path.read_text()) for path in first.glob("**/dedup-partition/pairs/partition.json")]
     assert sorted(report["index"] for report in reports) == list(range(DEDUP_TASKS))
-    assert sum(report["candidate_pairs"] for report in reports) == source["dedup_stages"]["candidate_pairs"] > 0
+    assert sum(report["candidate_pairs"] for report in reports) >= source["dedup_stages"]["candidate_pairs"] > 0
 
     # Same parameters again: plan, shard tasks, the dedup stages and the write all come from kfp.local's cache
     # (one entry each), so the rerun writes no task output at all.

@@ -17,6 +17,7 @@ from neuroq.ingest import CommonCrawlConfig, DedupConfig, IngestConfig, OutputCo
 from neuroq.ingest import sharded as sharded_module
 from neuroq.ingest.dedup import MinHasher
 from neuroq.ingest.sharded import (
+    DropSet,
     ShardPlan,
     cluster_duplicates,
     dedup_partition,
@@ -178,6 +179,15 @@ def test_a_document_whose_only_earlier_neighbour_was_dropped_is_kept():
     # 1 is like 0, 2 is like 1 but not like 0: one pass keeps 0, drops 1 and keeps 2 (clusters would drop 2).
     assert set(first_seen_wins([(1, 0), (2, 1)])) == {1}
     assert set(first_seen_wins([(1, 0), (2, 0), (2, 1)])) == {1, 2}
+
+
+def test_the_drop_set_holds_documents_of_any_shard_as_bits_and_lists_them_in_order():
+    dropped = DropSet()
+    ids = [(3 << 40) | 17, 5, (1 << 40) | 100_000, 5]
+    for document in ids:
+        dropped.add(document)
+    assert list(dropped) == sorted(set(ids)) and len(dropped) == 3
+    assert np.int64(5) in dropped and 6 not in dropped and (2 << 40) | 5 not in dropped and "5" not in dropped
 
 
 def test_shards_written_with_other_dedup_settings_are_refused(wide_config, tmp_path):

@@ -15,7 +15,8 @@ and peak RSS per task are what a cluster node would see); the dedup stages then 
 Two more tables stress what grows with the crawl in the dedup stages: --family-docs, pages in families of near
 copies (the ja-families mix: ~200^2 / 2 candidate pairs per family), for the cluster step against its pairs; and
 --many-shards, the same few documents per shard over more and more shards, for a partition's cost per shard it
-reads. --merge-docs compares the training pipeline's merge in blocks (ingest_in_blocks) with one in-memory index.
+reads. --merge-docs compares the training pipeline's merge in blocks (ingest_in_blocks) with one in-memory index,
+and with the split alone (the merge of one dataset that the sharded stages deduplicated).
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ elif args["stage"] == "cluster":
 elif args["stage"] == "merge":
     from neuroq.ingest import HFSourceConfig, ingest_in_blocks, run_ingest
     merge = dataclasses.replace(config, sources=(HFSourceConfig(path=args["data"]),))
-    result = (ingest_in_blocks(merge, [args["documents"]], args["block"]) if args["block"] else run_ingest(merge))
+    if args["mode"] == "split":  # the merge of one dataset deduplicated alike: no dedup, the split only
+        merge = dataclasses.replace(merge, dedup=dataclasses.replace(merge.dedup, exact=False, near=False))
+    result = (ingest_in_blocks(merge, [args["documents"]], args["block"]) if args["mode"] == "blocks"
+              else run_ingest(merge))
     result = {"kept": result.manifest["documents_out"], "digest": result.manifest["content_digest"]}
 else:
     manifest = write_deduplicated(config, args["shards"], args["drops"]).manifest
@@ -181,18 +185,20 @@ def main() -> None:
                       f"| {write['peak_mb']:.0f} | {part['wall_s']:.2f} | {cluster['wall_s']:.2f} |")
         if args.merge_docs:
             _table(f"merge_dedup_split's dedup: run_ingest's in-memory index against ingest_in_blocks, blocks of "
-                   f"{args.merge_block:,} documents", "documents", "kept", "same output", "run_ingest peak RSS MB",
-                   "in blocks peak RSS MB", "run_ingest s", "in blocks s")
+                   f"{args.merge_block:,} documents, and the split alone", "documents", "kept", "same output",
+                   "run_ingest peak RSS MB", "in blocks MB", "split only MB", "run_ingest s", "in blocks s",
+                   "split only s")
             for docs in args.merge_docs:
                 data = tmp / f"merge-{docs}.jsonl"
                 data.write_text("".join(json.dumps({"text": page}, ensure_ascii=False) + "\n"
                                         for page in generate_pages("ja-only", docs, seed=docs)), encoding="utf-8")
-                single, blocks = (_task(stage="merge", crawl=CRAWL_ID, endpoint=server.endpoint_url, data=str(data),
-                                        documents=docs, block=block, out=str(tmp / f"merge-{docs}-{block}"))
-                                  for block in (0, args.merge_block))
+                single, blocks, split = (
+                    _task(stage="merge", crawl=CRAWL_ID, endpoint=server.endpoint_url, data=str(data), mode=mode,
+                          documents=docs, block=args.merge_block, out=str(tmp / f"merge-{docs}-{mode}"))
+                    for mode in ("index", "blocks", "split"))
                 print(f"| {docs:,} | {single['kept']:,} | {single['digest'] == blocks['digest']} "
-                      f"| {single['peak_mb']:.0f} | {blocks['peak_mb']:.0f} | {single['wall_s']:.1f} "
-                      f"| {blocks['wall_s']:.1f} |")
+                      f"| {single['peak_mb']:.0f} | {blocks['peak_mb']:.0f} | {split['peak_mb']:.0f} "
+                      f"| {single['wall_s']:.1f} | {blocks['wall_s']:.1f} | {split['wall_s']:.1f} |")
         if args.many_shards:
             _table(f"A partition against the shards it reads: {args.many_shards_docs} documents per shard, "
                    "1 partition task",

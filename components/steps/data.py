@@ -18,7 +18,7 @@ import mlflow
 from components.params import PipelineParams
 from components.steps import tracking
 from components.steps.base import REUSED_TAG, RunRef, log_config, read_manifest, reuse_or_run, step_run, text_digest
-from neuroq.ingest.config import HFSourceConfig
+from neuroq.ingest.config import DedupConfig, HFSourceConfig
 
 __all__ = [
     "cluster_duplicates",
@@ -253,14 +253,15 @@ def merge_dedup_split(
     import tempfile
 
     from neuroq.errors import DataError
+    from neuroq.ingest.pipeline import run_ingest
     from neuroq.ingest.sharded import ingest_in_blocks
 
     upstream = [(Path(folder), read_manifest(folder)) for folder in source_dirs]
+    filled = [(folder, manifest) for folder, manifest in upstream if manifest.get("documents_out")]
     sources = [
         (HFSourceConfig(path=str(folder / "train"), label="+".join(s["label"] for s in manifest["sources"])),
          manifest["documents_out"])
-        for folder, manifest in upstream
-        if manifest.get("documents_out")
+        for folder, manifest in filled
     ]
     if not sources:
         raise DataError(f"no documents from any source ({params.data_sources}): check the ingest steps' manifests")
@@ -270,9 +271,13 @@ def merge_dedup_split(
     def compute() -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix=".merge-", dir=Path(train_dir).parent) as scratch:
             merged_dir = Path(scratch) / "merged"
-            # In blocks: memory follows a block, not the upstream datasets (run_ingest's index held them all).
-            result = ingest_in_blocks(replace(config, output=replace(config.output, output_dir=str(merged_dir))),
-                                      [documents for _, documents in sources])
+            merged = replace(config, output=replace(config.output, output_dir=str(merged_dir)))
+            if _deduplicated_alike([manifest for _, manifest in filled], config.dedup):
+                # Deduplicating it again would keep every document: only split it, in one streaming pass.
+                result = run_ingest(replace(merged, dedup=replace(config.dedup, exact=False, near=False)))
+            else:
+                # In blocks: memory follows a block, not the upstream datasets (one index would hold them all).
+                result = ingest_in_blocks(merged, [documents for _, documents in sources])
             splits = {split: _write_split(result.manifest, merged_dir, split, target)
                       for split, target in targets.items()}
         return {"merged": result.manifest, "splits": splits}
@@ -309,6 +314,14 @@ def merge_dedup_split(
             }
         )
         return {**splits["train"], "reused": bool(reused)}, {**splits["validation"], "reused": bool(reused)}
+
+
+def _deduplicated_alike(manifests: list[Mapping[str, Any]], dedup: DedupConfig) -> bool:
+    """Whether the merge's dedup would keep every document: one upstream dataset, written by an ingest with these
+    dedup settings (the crawl's fanned-out stages, which take the huggingface source too when hf_shards > 1). First
+    seen wins keeps a kept set whole: no kept document has an earlier kept duplicate, by construction."""
+    saved = manifests[0].get("config", {}).get("dedup") if len(manifests) == 1 else None
+    return saved is not None and DedupConfig(**saved) == dedup
 
 
 def _log_source_lineage(manifest: Mapping[str, Any]) -> None:

@@ -122,3 +122,37 @@ def test_the_merge_in_blocks_keeps_what_one_process_keeps(tmp_path, monkeypatch)
         texts = [doc["text"] for entry in single["splits"][split]["files"]
                  for doc in read_documents(tmp_path / "single" / entry["path"])]
         assert written["content_digest"] == base.text_digest(texts)
+
+
+def test_one_dataset_deduplicated_with_the_same_settings_is_split_without_a_second_dedup(tmp_path):
+    from dataclasses import replace
+
+    from neuroq.ingest import HFSourceConfig, read_documents, run_ingest
+
+    params = PipelineParams(data_sources="bundled", val_fraction=0.2, experiment_name="data-steps")
+    bundled = data.ingest_hf(params, str(tmp_path / "hf"))  # exact dedup only: the merge's near dedup still runs
+    source = HFSourceConfig(path=str(tmp_path / "hf" / "train"), label=bundled["sources"][0]["label"])
+    # What the crawl's stages write: deduplicated with the pipeline's own settings, all in one split.
+    crawl_config = params.ingest_config([source], str(tmp_path / "crawl"))
+    crawl = run_ingest(replace(crawl_config, output=replace(crawl_config.output, format="parquet",
+                                                            val_fraction=0.0))).manifest
+    assert crawl["stages"]["dedup"]["dropped"]
+    run = base.start(params, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    train, val = data.merge_dedup_split(params, run, [str(tmp_path / "crawl"), str(tmp_path / "empty")],
+                                        str(tmp_path / "train"), str(tmp_path / "val"))
+
+    client = MlflowClient(run.tracking_uri)
+    [merge] = client.search_runs([client.get_experiment_by_name("data-steps").experiment_id],
+                                 filter_string=f"tags.mlflow.parentRunId = '{run.parent_run_id}'")
+    mlflow.set_tracking_uri(run.tracking_uri)
+    merged = mlflow.artifacts.load_dict(f"{merge.info.artifact_uri}/data/merged_manifest.json")
+    assert not merged["config"]["dedup"]["exact"] and not merged["config"]["dedup"]["near"]  # split only
+    assert merged["documents_out"] == crawl["documents_out"]
+    # The same split as deduplicating the crawl's dataset again would give.
+    again = run_ingest(params.ingest_config([HFSourceConfig(path=str(tmp_path / "crawl" / "train"))],
+                                            str(tmp_path / "again"))).manifest
+    assert again["documents_out"] == crawl["documents_out"]
+    for split, written in (("train", train), ("validation", val)):
+        texts = [doc["text"] for entry in again["splits"][split]["files"]
+                 for doc in read_documents(tmp_path / "again" / entry["path"])]
+        assert written["content_digest"] == base.text_digest(texts)

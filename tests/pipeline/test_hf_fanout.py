@@ -13,6 +13,7 @@ import datasets
 import pytest
 
 from components.params import PipelineParams
+from components.steps import base
 from components.steps import data as steps
 from neuroq.errors import ConfigError
 from neuroq.ingest import read_documents, run_ingest
@@ -39,18 +40,21 @@ def _kept(folder: Path, manifest: dict) -> dict[str, list[str]]:
                     for doc in read_documents(folder / entry["path"])] for split in ("train", "validation")}
 
 
-def test_a_hugging_face_dataset_in_shards_keeps_what_one_process_keeps(tmp_path):
+def _saved(tmp_path: Path) -> PipelineParams:
     folder = tmp_path / "saved"
     datasets.Dataset.from_list(_rows()).save_to_disk(str(folder))
-    params = PipelineParams(data_sources="huggingface", hf_path=str(folder), hf_shards=4, dedup_tasks=3,
-                            val_fraction=0.25)
+    return PipelineParams(data_sources="huggingface", hf_path=str(folder), hf_shards=4, dedup_tasks=3,
+                          val_fraction=0.25, experiment_name="hf-fanout")
 
-    single_config = params.ingest_config([params.hf_source_config()], str(tmp_path / "single"))
-    single_config = dataclasses.replace(single_config, output=dataclasses.replace(
-        single_config.output, format="parquet", val_fraction=params.val_fraction))
-    single = run_ingest(single_config).manifest
 
-    # What the KFP tasks do, each into its own folder; plan items travel as JSON, with KFP's floats for integers.
+def _single(params: PipelineParams, out: Path) -> dict:
+    config = params.ingest_config([params.hf_source_config()], str(out))
+    return run_ingest(dataclasses.replace(config, output=dataclasses.replace(
+        config.output, format="parquet", val_fraction=params.val_fraction))).manifest
+
+
+def _fanned_out(params: PipelineParams, tmp_path: Path, val_fraction: float) -> dict:
+    """What the KFP tasks do, each into its own folder; plan items travel as JSON, with KFP's floats for integers."""
     plan = json.loads(json.dumps(steps.plan_common_crawl_shards(params)))
     assert [json.loads(item["config"])["sources"][0]["shard_index"] for item in plan] == [0, 1, 2, 3]
     shards = []
@@ -62,14 +66,36 @@ def test_a_hugging_face_dataset_in_shards_keeps_what_one_process_keeps(tmp_path)
         partitions.append(str(tmp_path / f"partition-{partition['index']}"))
         steps.dedup_partition(json.loads(json.dumps(partition)), shards, partitions[-1])
     steps.cluster_duplicates(partitions, str(tmp_path / "drops"))
-    fanned_out = steps.dedup_common_crawl_shards(params, shards, str(tmp_path / "out"), params.val_fraction,
-                                                 str(tmp_path / "drops"))
+    return steps.dedup_common_crawl_shards(params, shards, str(tmp_path / "out"), val_fraction,
+                                           str(tmp_path / "drops"))
+
+
+def test_a_hugging_face_dataset_in_shards_keeps_what_one_process_keeps(tmp_path):
+    params = _saved(tmp_path)
+    single = _single(params, tmp_path / "single")
+    fanned_out = _fanned_out(params, tmp_path, params.val_fraction)
 
     assert _kept(tmp_path / "out", fanned_out) == _kept(tmp_path / "single", single)
     assert fanned_out["stages"] == single["stages"]
     assert fanned_out["stages"]["dedup"]["dropped"] == {"exact_duplicate": 2, "near_duplicate": 6}
     assert fanned_out["splits"] == single["splits"]  # the same Parquet files, byte for byte
     assert [shard["dedup_in"] for shard in fanned_out["sources"][0]["shards"]] == [8, 8, 7, 6]  # the empty row is in shard 3
+
+
+def test_the_training_pipeline_splits_the_sharded_stages_output_as_one_process_would(tmp_path):
+    # The training pipeline's data steps at crawl scale: ingest_hf has nothing to read (the dataset is sharded),
+    # the sharded stages write one split, and the merge only splits it, like one process's ingest.
+    params = _saved(tmp_path)
+    single = _single(params, tmp_path / "single")
+    assert steps.ingest_hf(params, str(tmp_path / "hf"))["documents_out"] == 0
+    _fanned_out(params, tmp_path, 0.0)
+    run = base.start(params, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    train, val = steps.merge_dedup_split(params, run, [str(tmp_path / "hf"), str(tmp_path / "out")],
+                                         str(tmp_path / "train"), str(tmp_path / "val"))
+    for split, written in (("train", train), ("validation", val)):
+        texts = [doc["text"] for entry in single["splits"][split]["files"]
+                 for doc in read_documents(tmp_path / "single" / entry["path"])]
+        assert written["content_digest"] == base.text_digest(texts) and written["documents_out"] == len(texts)
 
 
 def test_the_single_hf_task_reads_the_dataset_unless_it_is_sharded(tmp_path):

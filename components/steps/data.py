@@ -320,8 +320,7 @@ def _deduplicated_alike(manifests: list[Mapping[str, Any]], dedup: DedupConfig) 
     """Whether the merge's dedup would keep every document: one upstream dataset, written by an ingest with these
     dedup settings (the crawl's fanned-out stages, which take the huggingface source too when hf_shards > 1). First
     seen wins keeps a kept set whole: no kept document has an earlier kept duplicate, by construction."""
-    saved = manifests[0].get("config", {}).get("dedup") if len(manifests) == 1 else None
-    return saved is not None and DedupConfig(**saved) == dedup
+    return len(manifests) == 1 and manifests[0].get("config", {}).get("dedup") == asdict(dedup)
 
 
 def _log_source_lineage(manifest: Mapping[str, Any]) -> None:

@@ -245,7 +245,8 @@ def lineage(manifest: Mapping[str, Any]) -> dict[str, Any]:
 def merge_dedup_split(
     params: PipelineParams, run: RunRef, source_dirs: list[str], train_dir: str, val_dir: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Deduplicate across all upstream datasets, split by document hash, write one folder per split.
+    """Deduplicate across all upstream datasets, split by document hash, write one folder per split. The dedup runs
+    in blocks (`ingest_in_blocks`), or not at all for one dataset that was deduplicated alike (`_deduplicated_alike`).
 
     Each split folder holds JSONL shards and a manifest whose `content_digest` (`text_digest` of its documents) names
     exactly that text; the merged ingest manifest is logged to the step's MLflow run.

@@ -459,6 +459,12 @@ def cluster_duplicates(partition_dirs: Sequence[str | os.PathLike[str]],
     reports = [_read_json(Path(d) / PARTITION_MANIFEST, PARTITION_FORMAT, "dedup_partition") for d in partition_dirs]
     started = time.perf_counter()
     folders = [Path(d) for d in partition_dirs]
+    for report, folder in zip(reports, folders, strict=True):
+        # A missing run would silently keep its duplicates: the count must match what the partition wrote.
+        found = len([*folder.glob("pairs-*.parquet"), *folder.glob("copies-*.parquet")])
+        if report.get("runs") != found:
+            raise ConfigError(f"{folder} holds {found} sorted runs of pairs, its {PARTITION_MANIFEST} says "
+                              f"{report.get('runs')}: run dedup_partition for it again")
     counts: Counter[str] = Counter()
 
     def counted(name: str) -> Iterator[tuple[int, int]]:

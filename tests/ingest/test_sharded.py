@@ -84,6 +84,9 @@ def test_pairs_spilled_in_many_sorted_runs_merge_to_what_one_process_keeps(wide_
     report = dedup_partition(wide_config, folders, plan, tmp_path / "partition")
     assert report["runs"] == len(list((tmp_path / "partition").glob("*-*.parquet"))) > 4
     cluster = cluster_duplicates([tmp_path / "partition"], tmp_path / "cluster")
+    (tmp_path / "partition" / "pairs-00001.parquet").unlink()  # a lost run would keep its duplicates: refused
+    with pytest.raises(ConfigError, match="sorted runs"):
+        cluster_duplicates([tmp_path / "partition"], tmp_path / "cluster-of-less")
     monkeypatch.undo()  # one run: every pair once, as the cluster step counts them from the many
     assert cluster["candidate_pairs"] == dedup_partition(wide_config, folders, plan, tmp_path / "one-run")[
         "candidate_pairs"] > 0

@@ -81,7 +81,7 @@ _POSITION_MASK = (1 << _POSITION_BITS) - 1
 _KEY_ROWS = 8192
 _BAND_ROWS = 256
 _TEXT_ROWS = 1024
-# Pairs per sorted run a partition writes: 16 MB of them as int64, ~3x that while np.unique sorts a run.
+# Pairs per sorted run a partition writes: a 16 MB buffer of int64 pairs, ~3x that while np.unique sorts it.
 _RUN_PAIRS = 1 << 20
 # Documents per block of ``ingest_in_blocks``: an ingest shard holds ~0.6 KB of exact key and signature for each.
 BLOCK_DOCUMENTS = 200_000
@@ -293,14 +293,14 @@ def bucket_pairs(shard_dirs: Sequence[Path], cell: tuple[int, int, int], hasher:
         if len(members) < 2:
             continue
         ids = np.array([document for _, _, document, _ in members], dtype=np.int64)
-        if hasher.config.verify_candidates:
-            signatures = np.stack([np.frombuffer(signature, dtype=np.uint32) for *_, signature in members])
-            earlier = [ids[:i][hasher.similar(signatures[i], signatures[:i])] for i in range(1, len(ids))]
-        else:
-            earlier = [ids[:i] for i in range(1, len(ids))]
-        later = np.repeat(ids[1:], [len(e) for e in earlier])
-        if len(later):
-            runs.add(np.column_stack([later, np.concatenate(earlier)]))
+        verify = hasher.config.verify_candidates
+        signatures = np.stack([np.frombuffer(signature, dtype=np.uint32) for *_, signature in members]) \
+            if verify else None
+        # Member by member: a group of k near copies (boilerplate) has up to k^2 / 2 pairs, more than a run holds.
+        for i in range(1, len(ids)):
+            earlier = ids[:i][hasher.similar(signatures[i], signatures[:i])] if verify else ids[:i]
+            if len(earlier):
+                runs.add(np.column_stack([np.full(len(earlier), ids[i]), earlier]))
     return rows
 
 
@@ -312,21 +312,25 @@ class _SortedRuns:
 
     def __init__(self, folder: Path, name: str) -> None:
         self._folder, self._name = folder, name
-        self._pending: list[np.ndarray] = []
+        # One buffer, not a list of the arrays added: most groups give one pair, and an array costs ~100 bytes.
+        self._buffer = np.empty((_RUN_PAIRS, 2), dtype=np.int64)
         self._size = self.files = self.pairs = 0
 
     def add(self, pairs: np.ndarray) -> None:
-        self._pending.append(pairs.astype(np.int64, copy=False))
-        self._size += len(pairs)
-        if self._size >= _RUN_PAIRS:
-            self.flush()
+        while len(pairs):
+            take = min(len(pairs), _RUN_PAIRS - self._size)
+            self._buffer[self._size:self._size + take] = pairs[:take]
+            self._size += take
+            pairs = pairs[take:]
+            if self._size == _RUN_PAIRS:
+                self.flush()
 
     def flush(self) -> None:
         if not self._size:
             return
-        run = np.unique(np.concatenate(self._pending), axis=0)  # sorted by document, then other
+        run = np.unique(self._buffer[:self._size], axis=0)  # sorted by document, then other
         _write_table(self._folder / f"{self._name}-{self.files:05d}.parquet", _pairs_table(run))
-        self._pending, self._size = [], 0
+        self._size = 0
         self.files += 1
         self.pairs += len(run)
 

@@ -160,7 +160,7 @@ def main() -> None:
             _table(f"Dedup stages as separate tasks over {args.dedup_shards} shards",
                    "documents", "partition tasks", "band rows read (max task)", "candidate pairs", "kept",
                    "partition peak RSS MB (max)", "cluster MB", "write MB", "partition s (max)", "cluster s",
-                   "write s")
+                   "write s", "sorted runs")
             for docs in args.dedup_docs:
                 crawl = f"CC-MAIN-2099-{docs}-{args.dedup_shards}"
                 shard_dirs = _shards(server, crawl, "ja-only", args.dedup_shards, docs // args.dedup_shards, tmp)
@@ -171,7 +171,8 @@ def main() -> None:
                     print(f"| {write['documents']:,} | {count} | {max(p['band_rows'] for p in parts):,} "
                           f"| {cluster['pairs']:,} | {write['kept']:,} | {max(p['peak_mb'] for p in parts):.0f} "
                           f"| {cluster['peak_mb']:.0f} | {write['peak_mb']:.0f} "
-                          f"| {max(p['wall_s'] for p in parts):.2f} | {cluster['wall_s']:.2f} | {write['wall_s']:.2f} |")
+                          f"| {max(p['wall_s'] for p in parts):.2f} | {cluster['wall_s']:.2f} | {write['wall_s']:.2f} "
+                          f"| {sum(p['runs'] for p in parts)} |")
         if args.family_docs:
             _table(f"Cluster step against candidate pairs: families of near copies, {args.dedup_shards} shards, "
                    "1 partition task", "documents", "kept", "candidate pairs (partition)", "sorted runs",

@@ -535,9 +535,7 @@ def dedup_shards(config: IngestConfig, shard_dirs: Sequence[str | os.PathLike[st
     ``cluster_duplicates``, ``write_deduplicated``), here one after another in one process.
     """
     dirs = _shard_dirs(config, shard_dirs)
-    out = Path(config.output.output_dir).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.stages-", dir=out.parent) as scratch:
+    with _scratch_beside_output(config, "stages") as scratch:
         folders = []
         for partition in plan_partitions(config.dedup, partitions):
             folders.append(Path(scratch) / f"partition-{partition['index']}")
@@ -555,15 +553,15 @@ def ingest_in_blocks(config: IngestConfig, documents: Sequence[int],
     ``run_ingest``'s (tested). A wrong count changes only the number of blocks: each block's rows come from the
     dataset itself.
     """
-    block_documents = block_documents or BLOCK_DOCUMENTS
+    block_documents = BLOCK_DOCUMENTS if block_documents is None else block_documents
+    if not isinstance(block_documents, int) or block_documents < 1:
+        raise ConfigError(f"block_documents must be a positive integer, got {block_documents!r}")
     if len(documents) != len(config.sources):
         raise ConfigError(f"documents has {len(documents)} counts for {len(config.sources)} sources: one per source")
     for source in config.sources:
         if not isinstance(source, HFSourceConfig) or source.num_shards != 1:
             raise ConfigError(f"ingest_in_blocks reads whole Hugging Face datasets, got {source!r}")
-    out = Path(config.output.output_dir).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.blocks-", dir=out.parent) as scratch:
+    with _scratch_beside_output(config, "blocks") as scratch:
         shard_dirs: list[Path] = []
         for source, count in zip(config.sources, documents, strict=True):
             blocks = max(1, -(-count // block_documents))
@@ -572,6 +570,14 @@ def ingest_in_blocks(config: IngestConfig, documents: Sequence[int],
                 one = dataclasses.replace(source, num_shards=blocks, shard_index=block)
                 ingest_shard(dataclasses.replace(config, sources=(one,)), len(shard_dirs) - 1, shard_dirs[-1])
         return dedup_shards(config, shard_dirs)
+
+
+def _scratch_beside_output(config: IngestConfig, label: str) -> tempfile.TemporaryDirectory[str]:
+    """A scratch folder on the output's volume: the intermediate files are the size of the data, and a task's /tmp
+    is often small."""
+    out = Path(config.output.output_dir).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix=f".{out.name}.{label}-", dir=out.parent)
 
 
 def _shard_dirs(config: IngestConfig, shard_dirs: Sequence[str | os.PathLike[str]]) -> list[Path]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -58,6 +60,24 @@ def crawl(s3: SeaweedS3) -> SeaweedS3:
     return s3
 
 
+def _merge_run(run: base.RunRef) -> tuple[Any, dict]:
+    """The merge step's child run and the merged ingest manifest it logged."""
+    client = MlflowClient(run.tracking_uri)
+    [merge] = client.search_runs([client.get_experiment_by_name("data-steps").experiment_id],
+                                 filter_string=f"tags.mlflow.parentRunId = '{run.parent_run_id}'")
+    mlflow.set_tracking_uri(run.tracking_uri)
+    return merge, mlflow.artifacts.load_dict(f"{merge.info.artifact_uri}/data/merged_manifest.json")
+
+
+def _split_digests(folder: Path, manifest: dict) -> tuple[str, str]:
+    """The text digests of an ingest's train and validation splits, as the merge names its split folders."""
+    from neuroq.ingest import read_documents
+
+    return tuple(base.text_digest(doc["text"] for entry in manifest["splits"][split]["files"]
+                                  for doc in read_documents(folder / entry["path"]))
+                 for split in ("train", "validation"))
+
+
 def test_bundled_and_common_crawl_sources_are_merged_deduplicated_and_split(crawl, tmp_path):
     params = PipelineParams(
         data_sources="bundled,common_crawl", cc_crawl_id=CRAWL_ID, cc_endpoint_url=crawl.endpoint_url,
@@ -84,22 +104,18 @@ def test_bundled_and_common_crawl_sources_are_merged_deduplicated_and_split(craw
     assert len(written) == train["documents_out"]
     assert train["content_digest"] == base.text_digest(record["text"] for record in written)
 
-    client = MlflowClient(run.tracking_uri)
-    [merge] = client.search_runs([client.get_experiment_by_name("data-steps").experiment_id],
-                                 filter_string=f"tags.mlflow.parentRunId = '{run.parent_run_id}'")
+    merge, merged = _merge_run(run)
     inputs = {(i.dataset.name, i.tags[0].value) for i in merge.inputs.dataset_inputs}
     assert inputs == {
         ("bundled:chatterbot-corpus-japanese", "source"), (f"cc:{CRAWL_ID}", "source"),
         ("neuroq-training", "training"), ("neuroq-validation", "validation"),
     }
     assert merge.data.metrics[f"cc_{CRAWL_ID}.source_in"] == 5
-    mlflow.set_tracking_uri(run.tracking_uri)
-    merged = mlflow.artifacts.load_dict(f"{merge.info.artifact_uri}/data/merged_manifest.json")
     assert merged["documents_out"] == train["documents_out"] + val["documents_out"]
 
 
 def test_the_merge_in_blocks_keeps_what_one_process_keeps(tmp_path, monkeypatch):
-    from neuroq.ingest import HFSourceConfig, read_documents, run_ingest, sharded
+    from neuroq.ingest import HFSourceConfig, run_ingest, sharded
 
     params = PipelineParams(data_sources="bundled", val_fraction=0.2, experiment_name="data-steps")
     hf = data.ingest_hf(params, str(tmp_path / "hf"))
@@ -110,24 +126,17 @@ def test_the_merge_in_blocks_keeps_what_one_process_keeps(tmp_path, monkeypatch)
     source = HFSourceConfig(path=str(tmp_path / "hf" / "train"), label=hf["sources"][0]["label"])
     single = run_ingest(params.ingest_config([source], str(tmp_path / "single"))).manifest
 
-    client = MlflowClient(run.tracking_uri)
-    [merge] = client.search_runs([client.get_experiment_by_name("data-steps").experiment_id],
-                                 filter_string=f"tags.mlflow.parentRunId = '{run.parent_run_id}'")
-    mlflow.set_tracking_uri(run.tracking_uri)
-    merged = mlflow.artifacts.load_dict(f"{merge.info.artifact_uri}/data/merged_manifest.json")
+    _, merged = _merge_run(run)
     assert len(merged["sources"][0]["shards"]) == 6
     assert merged["stages"] == single["stages"] and single["stages"]["dedup"]["dropped"]
     assert train["dataset_digest"] == val["dataset_digest"] == single["content_digest"]
-    for split, written in (("train", train), ("validation", val)):
-        texts = [doc["text"] for entry in single["splits"][split]["files"]
-                 for doc in read_documents(tmp_path / "single" / entry["path"])]
-        assert written["content_digest"] == base.text_digest(texts)
+    assert (train["content_digest"], val["content_digest"]) == _split_digests(tmp_path / "single", single)
 
 
 def test_one_dataset_deduplicated_with_the_same_settings_is_split_without_a_second_dedup(tmp_path):
     from dataclasses import replace
 
-    from neuroq.ingest import HFSourceConfig, read_documents, run_ingest
+    from neuroq.ingest import HFSourceConfig, run_ingest
 
     params = PipelineParams(data_sources="bundled", val_fraction=0.2, experiment_name="data-steps")
     bundled = data.ingest_hf(params, str(tmp_path / "hf"))  # exact dedup only: the merge's near dedup still runs
@@ -141,18 +150,11 @@ def test_one_dataset_deduplicated_with_the_same_settings_is_split_without_a_seco
     train, val = data.merge_dedup_split(params, run, [str(tmp_path / "crawl"), str(tmp_path / "empty")],
                                         str(tmp_path / "train"), str(tmp_path / "val"))
 
-    client = MlflowClient(run.tracking_uri)
-    [merge] = client.search_runs([client.get_experiment_by_name("data-steps").experiment_id],
-                                 filter_string=f"tags.mlflow.parentRunId = '{run.parent_run_id}'")
-    mlflow.set_tracking_uri(run.tracking_uri)
-    merged = mlflow.artifacts.load_dict(f"{merge.info.artifact_uri}/data/merged_manifest.json")
+    _, merged = _merge_run(run)
     assert not merged["config"]["dedup"]["exact"] and not merged["config"]["dedup"]["near"]  # split only
     assert merged["documents_out"] == crawl["documents_out"]
     # The same split as deduplicating the crawl's dataset again would give.
     again = run_ingest(params.ingest_config([HFSourceConfig(path=str(tmp_path / "crawl" / "train"))],
                                             str(tmp_path / "again"))).manifest
     assert again["documents_out"] == crawl["documents_out"]
-    for split, written in (("train", train), ("validation", val)):
-        texts = [doc["text"] for entry in again["splits"][split]["files"]
-                 for doc in read_documents(tmp_path / "again" / entry["path"])]
-        assert written["content_digest"] == base.text_digest(texts)
+    assert (train["content_digest"], val["content_digest"]) == _split_digests(tmp_path / "again", again)
